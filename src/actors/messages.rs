@@ -1,0 +1,115 @@
+//! The actix messages sessions and the registry exchange.
+//!
+//! Sessions talk to the registry through `Addr<Registry>`; the registry talks
+//! to a session only through the `Recipient<ToSession>` the session handed
+//! over at login, so a test can stand any actor in for a session.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::{Message as ActixMessage, Recipient};
+use bytes::Bytes;
+
+use crate::net::{ByeReason, FrameError, Tags};
+use crate::types::{ClientId, Message, Seq};
+
+/// Identifies one connection for its whole life (ids are never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    /// A fresh, process-wide unique id.
+    pub fn next() -> SessionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What the registry tells a session. All of it travels through one mailbox,
+/// so the session sees it in the order the registry sent it.
+#[derive(ActixMessage, Debug)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// The login succeeded; `pending` backlog messages follow.
+    Welcome {
+        /// The id now logged in.
+        id: ClientId,
+        /// Backlog size.
+        pending: u64,
+    },
+    /// Messages to write, in seq order. Their frame bytes count against the
+    /// session's credit until it returns them with [`Credit`].
+    Deliver(Vec<Message>),
+    /// Each seq answers the session's oldest unanswered `SEND`, in order.
+    Sent(Vec<Seq>),
+    /// The oldest unanswered `SEND` was refused.
+    SendRefused(FrameError),
+    /// The login was refused: write the error, say `BYE`, close.
+    LoginRefused(FrameError, ByeReason),
+    /// Say `BYE` and close.
+    Bye(ByeReason),
+}
+
+/// A session asks to log in as `id`.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Login {
+    /// The asking session.
+    pub session: SessionId,
+    /// The requested id.
+    pub id: ClientId,
+    /// The secret sent with `LOGIN`, if any.
+    pub secret: Option<String>,
+    /// Where the registry sends this session's deliveries and answers.
+    pub to: Recipient<ToSession>,
+    /// The peer, for logs.
+    pub peer: Option<SocketAddr>,
+}
+
+/// A logged-in session's `SEND`.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Publish {
+    /// The sending session.
+    pub session: SessionId,
+    /// The text.
+    pub text: Bytes,
+    /// The frame's tags.
+    pub tags: Tags,
+}
+
+/// A cumulative acknowledgement, already checked by the session against what
+/// it was sent.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Ack {
+    /// The acknowledging client id.
+    pub id: ClientId,
+    /// Everything up to this seq is handled.
+    pub seq: Seq,
+}
+
+/// The session wrote `bytes` of delivered frames to its socket; the registry
+/// may push that much more.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Credit {
+    /// The session.
+    pub session: SessionId,
+    /// Frame bytes written.
+    pub bytes: usize,
+}
+
+/// The session is gone.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// The session.
+    pub session: SessionId,
+}
+
+/// Stop: confirm what is pending, save the cursors, flush the store, say
+/// `BYE shutdown` to everyone and wait (bounded) for the sessions to close.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Shutdown;

@@ -1,0 +1,10 @@
+//! Who gets what: the [`Registry`] (allow-list, cursors, who is online, the
+//! log) and one [`Session`] per connection.
+
+pub mod messages;
+pub mod registry;
+pub mod session;
+
+pub use messages::{SessionId, ToSession};
+pub use registry::{Registry, RegistryConfig};
+pub use session::{Session, SessionConfig};

@@ -1,0 +1,618 @@
+//! The registry: the one actor that knows every client id, who is online,
+//! what each has acknowledged, and the message log.
+//!
+//! Messages flow one way: a session's `SEND` becomes a [`Publish`]; the
+//! registry numbers a batch of them, appends the batch to the store in one
+//! go (group commit), and only when the store says it is stored does it
+//! answer `SENT` and push the messages to online sessions.
+//!
+//! Every online session has a cursor (the last seq it was considered for)
+//! and a credit (how many frame bytes it may still have in flight). Live
+//! fan-out, backlog replay after login and catch-up of a slow reader are one
+//! mechanism, [`Registry::pump`]: while a session has credit and its cursor
+//! is behind the head, send it the next messages, from the in-memory tail
+//! when they are still there, from the store otherwise. A reader that stops
+//! reading runs out of credit and simply stops being pushed to; the log is
+//! its buffer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
+use crate::net::{ByeReason, ErrorCode, FrameError};
+use crate::store::{
+    Append, CountFromOthers, ReadAfter, Recovered, SaveAcks, StoreActor, StoreError,
+};
+use crate::types::{unix_ms_now, ClientId, Message, Seq};
+
+/// Tunables of the registry; the defaults suit a small machine.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Frame bytes a session may have pushed but not yet written.
+    pub session_window_bytes: usize,
+    /// Most messages kept in the in-memory tail.
+    pub tail_messages: usize,
+    /// Most frame bytes kept in the in-memory tail.
+    pub tail_bytes: usize,
+    /// Most messages in one store append.
+    pub max_batch: usize,
+    /// Most messages read from the store at a time for one session.
+    pub read_chunk: usize,
+    /// Most messages in one push to a session.
+    pub max_deliver: usize,
+    /// How often changed `last_ack`s are saved.
+    pub ack_flush_interval: Duration,
+    /// How long a shutdown waits for sessions to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            session_window_bytes: 256 * 1024,
+            tail_messages: 100_000,
+            tail_bytes: 64 * 1024 * 1024,
+            max_batch: 4096,
+            read_chunk: 2048,
+            max_deliver: 1024,
+            ack_flush_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the registry keeps about one allowed client id.
+#[derive(Debug, Default)]
+struct User {
+    last_ack: Seq,
+    online: Option<SessionId>,
+}
+
+/// An online (logged-in) session as the registry sees it.
+struct Online {
+    id: ClientId,
+    to: Recipient<ToSession>,
+    /// Highest seq this session was pushed or skipped past.
+    cursor: Seq,
+    /// Frame bytes it may still be pushed (may dip below zero by one push).
+    credit: i64,
+    /// `WELCOME` sent: pushing may start.
+    welcomed: bool,
+    /// A store read for it is under way.
+    reading: bool,
+}
+
+/// A `SEND` waiting for the next append.
+struct PendingSend {
+    session: SessionId,
+    from: ClientId,
+    text: Bytes,
+    unix_ms: u64,
+}
+
+/// The in-memory tail of the log: the newest messages, for live fan-out.
+#[derive(Default)]
+struct Tail {
+    messages: VecDeque<Message>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Seq of the oldest message held, or `None` when empty.
+    fn first_seq(&self) -> Option<Seq> {
+        self.messages.front().map(Message::seq)
+    }
+
+    /// Whether every message with seq > `after` (up to the head) is held.
+    fn covers_after(&self, after: Seq, head: Seq) -> bool {
+        match self.first_seq() {
+            Some(first) => after.next() >= first,
+            None => after >= head,
+        }
+    }
+
+    /// Messages with seq > `after`, oldest first.
+    fn after(&self, after: Seq) -> impl Iterator<Item = &Message> {
+        let skip = match self.first_seq() {
+            Some(first) if after >= first => (after.0 - first.0 + 1) as usize,
+            _ => 0,
+        };
+        self.messages.iter().skip(skip)
+    }
+
+    fn push(&mut self, m: Message, max_messages: usize, max_bytes: usize) {
+        self.bytes += m.frame().len();
+        self.messages.push_back(m);
+        while self.messages.len() > max_messages.max(1) || self.bytes > max_bytes {
+            match self.messages.pop_front() {
+                Some(old) => self.bytes -= old.frame().len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// The registry actor. Start it on an arbiter of its own.
+pub struct Registry {
+    config: RegistryConfig,
+    store: Addr<StoreActor>,
+    users: HashMap<ClientId, User>,
+    sessions: HashMap<SessionId, Online>,
+    /// Highest stored (confirmed) seq.
+    head: Seq,
+    tail: Tail,
+    pending: Vec<PendingSend>,
+    /// An append is in flight.
+    committing: bool,
+    /// Client ids whose `last_ack` changed since the last save.
+    dirty_acks: HashSet<ClientId>,
+    shutting_down: bool,
+    /// Woken when no append is in flight and nothing is pending.
+    idle_waiters: Vec<oneshot::Sender<()>>,
+    /// Woken when the last session is gone.
+    empty_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Registry {
+    /// A registry for the allowed ids, continuing from what the store holds.
+    pub fn new(
+        config: RegistryConfig,
+        allowed: impl IntoIterator<Item = ClientId>,
+        recovered: Recovered,
+        store: Addr<StoreActor>,
+    ) -> Registry {
+        let users = allowed
+            .into_iter()
+            .map(|id| {
+                let last_ack = recovered.acks.get(&id).copied().unwrap_or(Seq::ZERO);
+                (
+                    id,
+                    User {
+                        last_ack,
+                        online: None,
+                    },
+                )
+            })
+            .collect();
+        Registry {
+            config,
+            store,
+            users,
+            sessions: HashMap::new(),
+            head: recovered.head,
+            tail: Tail::default(),
+            pending: Vec::new(),
+            committing: false,
+            dirty_acks: HashSet::new(),
+            shutting_down: false,
+            idle_waiters: Vec::new(),
+            empty_waiters: Vec::new(),
+        }
+    }
+
+    /// Sends the next batch of pending `SEND`s to the store, if none is in
+    /// flight. Seqs are given here, so a failed append gives them back.
+    fn commit(&mut self, ctx: &mut Context<Self>) {
+        if self.committing {
+            return;
+        }
+        if self.pending.is_empty() {
+            for w in self.idle_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            return;
+        }
+        let take = self.pending.len().min(self.config.max_batch);
+        let batch: Vec<PendingSend> = self.pending.drain(..take).collect();
+        let mut seq = self.head;
+        let messages: Vec<Message> = batch
+            .iter()
+            .map(|p| {
+                seq = seq.next();
+                Message::new(seq, p.unix_ms, p.from.clone(), &p.text)
+            })
+            .collect();
+        self.committing = true;
+        self.store
+            .send(Append(messages))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.committing = false;
+                let res = res.unwrap_or_else(|e| {
+                    Err(StoreError::Engine(format!("store actor unreachable: {e}")))
+                });
+                match res {
+                    Ok(stored) => act.on_committed(batch, stored, ctx),
+                    Err(e) => act.on_commit_failed(batch, e),
+                }
+                act.commit(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    fn on_committed(
+        &mut self,
+        batch: Vec<PendingSend>,
+        stored: Vec<Message>,
+        ctx: &mut Context<Self>,
+    ) {
+        // Answer each sender with its seqs, in order, one message per session.
+        let mut answers: Vec<(SessionId, Vec<Seq>)> = Vec::new();
+        for (p, m) in batch.iter().zip(&stored) {
+            match answers.iter_mut().find(|(s, _)| *s == p.session) {
+                Some((_, seqs)) => seqs.push(m.seq()),
+                None => answers.push((p.session, vec![m.seq()])),
+            }
+        }
+        for (session, seqs) in answers {
+            if let Some(s) = self.sessions.get(&session) {
+                s.to.do_send(ToSession::Sent(seqs));
+            }
+        }
+        for m in stored {
+            self.head = m.seq();
+            self.tail
+                .push(m, self.config.tail_messages, self.config.tail_bytes);
+        }
+        self.pump_all(ctx);
+    }
+
+    fn on_commit_failed(&mut self, batch: Vec<PendingSend>, e: StoreError) {
+        log::error!(
+            "storing {} message(s) failed, refusing them: {e}",
+            batch.len()
+        );
+        let reason = format!("message not stored: {e}");
+        for p in batch {
+            if let Some(s) = self.sessions.get(&p.session) {
+                s.to.do_send(ToSession::SendRefused(FrameError::new(
+                    ErrorCode::Limit,
+                    reason.clone(),
+                )));
+            }
+        }
+    }
+
+    fn pump_all(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.welcomed && !s.reading && s.credit > 0 && s.cursor < self.head)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.pump(id, ctx);
+        }
+    }
+
+    /// Pushes a session as far as its credit allows; see the module docs.
+    fn pump(&mut self, sid: SessionId, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        while s.welcomed && !s.reading && s.credit > 0 && s.cursor < self.head {
+            if !self.tail.covers_after(s.cursor, self.head) {
+                // Behind the tail: read the next chunk from the store.
+                s.reading = true;
+                let upto = self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1));
+                let read = ReadAfter {
+                    after: s.cursor,
+                    upto,
+                    max: self.config.read_chunk,
+                };
+                self.store
+                    .send(read)
+                    .into_actor(self)
+                    .map(move |res, act, ctx| act.on_read(sid, upto, res, ctx))
+                    .spawn(ctx);
+                return;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0i64;
+            let mut last = s.cursor;
+            for m in self.tail.after(s.cursor) {
+                if batch.len() >= self.config.max_deliver || bytes >= s.credit {
+                    break;
+                }
+                last = m.seq();
+                if m.from() != &s.id {
+                    bytes += m.frame().len() as i64;
+                    batch.push(m.clone());
+                }
+            }
+            s.cursor = last;
+            if !batch.is_empty() {
+                s.credit -= bytes;
+                s.to.do_send(ToSession::Deliver(batch));
+            }
+        }
+    }
+
+    fn on_read(
+        &mut self,
+        sid: SessionId,
+        upto: Seq,
+        res: Result<Result<Vec<Message>, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.reading = false;
+        match res {
+            Ok(Ok(messages)) => {
+                let last = messages.last().map_or(upto, Message::seq);
+                let batch: Vec<Message> =
+                    messages.into_iter().filter(|m| m.from() != &s.id).collect();
+                s.credit -= batch.iter().map(|m| m.frame().len() as i64).sum::<i64>();
+                s.cursor = last;
+                if !batch.is_empty() {
+                    s.to.do_send(ToSession::Deliver(batch));
+                }
+                self.pump(sid, ctx);
+            }
+            Ok(Err(e)) => {
+                log::error!(
+                    "reading the log for {} failed: {e}; closing its session",
+                    s.id
+                );
+                s.to.do_send(ToSession::Bye(ByeReason::Limit));
+            }
+            Err(e) => {
+                log::error!("store unreachable while reading for {}: {e}", s.id);
+                s.to.do_send(ToSession::Bye(ByeReason::Shutdown));
+            }
+        }
+    }
+
+    fn welcome(&mut self, sid: SessionId, pending: u64, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.welcomed = true;
+        s.to.do_send(ToSession::Welcome {
+            id: s.id.clone(),
+            pending,
+        });
+        self.pump(sid, ctx);
+    }
+
+    fn save_acks(&mut self, ctx: &mut Context<Self>) {
+        if self.dirty_acks.is_empty() {
+            return;
+        }
+        let acks: Vec<(ClientId, Seq)> = self
+            .dirty_acks
+            .drain()
+            .filter_map(|id| self.users.get(&id).map(|u| (id, u.last_ack)))
+            .collect();
+        self.store
+            .send(SaveAcks(acks))
+            .into_actor(self)
+            .map(|res, _, _| match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::warn!("saving acknowledgements failed (they will be redelivered): {e}")
+                }
+                Err(e) => log::warn!("store unreachable while saving acknowledgements: {e}"),
+            })
+            .spawn(ctx);
+    }
+
+    fn remove_session(&mut self, sid: SessionId) {
+        if let Some(s) = self.sessions.remove(&sid) {
+            if let Some(u) = self.users.get_mut(&s.id) {
+                if u.online == Some(sid) {
+                    u.online = None;
+                }
+            }
+        }
+        if self.sessions.is_empty() {
+            for w in self.empty_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = self.config.ack_flush_interval;
+        ctx.run_interval(every, |act, ctx| act.save_acks(ctx));
+    }
+}
+
+impl Handler<Login> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Login, ctx: &mut Self::Context) {
+        let Login {
+            session: sid,
+            id,
+            to,
+            peer,
+            ..
+        } = msg;
+        let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        if self.shutting_down {
+            to.do_send(ToSession::LoginRefused(
+                FrameError::new(ErrorCode::Limit, "server is shutting down"),
+                ByeReason::Shutdown,
+            ));
+            return;
+        }
+        let Some(user) = self.users.get_mut(&id) else {
+            log::info!("refused login of unknown client id {id} from {peer}");
+            to.do_send(ToSession::LoginRefused(
+                FrameError::new(
+                    ErrorCode::UnknownClient,
+                    format!("client id {id} is not allowed"),
+                ),
+                ByeReason::UnknownClient,
+            ));
+            return;
+        };
+        let last_ack = user.last_ack;
+        let previous = user.online.replace(sid);
+        if let Some(old) = previous.and_then(|old| self.sessions.remove(&old)) {
+            log::info!("client {id} logged in again from {peer}; replacing its older connection");
+            old.to.do_send(ToSession::Bye(ByeReason::Replaced));
+        }
+        log::info!("client {id} logged in from {peer} (last ack {last_ack})");
+        self.sessions.insert(
+            sid,
+            Online {
+                id: id.clone(),
+                to,
+                cursor: last_ack,
+                credit: self.config.session_window_bytes as i64,
+                welcomed: false,
+                reading: false,
+            },
+        );
+        if self.tail.covers_after(last_ack, self.head) {
+            let pending = self
+                .tail
+                .after(last_ack)
+                .filter(|m| m.from() != &id)
+                .count() as u64;
+            self.welcome(sid, pending, ctx);
+            return;
+        }
+        let count = CountFromOthers {
+            after: last_ack,
+            upto: self.head,
+            reader: id,
+        };
+        self.store
+            .send(count)
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(pending)) => act.welcome(sid, pending, ctx),
+                Ok(Err(e)) => {
+                    log::error!("counting a backlog failed: {e}");
+                    if let Some(s) = act.sessions.get(&sid) {
+                        s.to.do_send(ToSession::LoginRefused(
+                            FrameError::new(ErrorCode::Limit, format!("cannot read the log: {e}")),
+                            ByeReason::Limit,
+                        ));
+                    }
+                    act.remove_session(sid);
+                }
+                Err(e) => log::error!("store unreachable during login: {e}"),
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Handler<Publish> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        let Some(s) = self.sessions.get(&msg.session) else {
+            // A session whose login was refused or replaced; it is closing.
+            return;
+        };
+        if self.shutting_down {
+            s.to.do_send(ToSession::SendRefused(FrameError::new(
+                ErrorCode::Limit,
+                "server is shutting down",
+            )));
+            return;
+        }
+        self.pending.push(PendingSend {
+            session: msg.session,
+            from: s.id.clone(),
+            text: msg.text,
+            unix_ms: unix_ms_now(),
+        });
+        self.commit(ctx);
+    }
+}
+
+impl Handler<Ack> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ack, _: &mut Self::Context) {
+        if let Some(u) = self.users.get_mut(&msg.id) {
+            if msg.seq > u.last_ack {
+                u.last_ack = msg.seq;
+                self.dirty_acks.insert(msg.id);
+            }
+        }
+    }
+}
+
+impl Handler<Credit> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Credit, ctx: &mut Self::Context) {
+        if let Some(s) = self.sessions.get_mut(&msg.session) {
+            s.credit += msg.bytes as i64;
+            self.pump(msg.session, ctx);
+        }
+    }
+}
+
+impl Handler<Disconnect> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+        if let Some(s) = self.sessions.get(&msg.session) {
+            log::info!("client {} disconnected", s.id);
+        }
+        self.remove_session(msg.session);
+    }
+}
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let (idle_tx, idle_rx) = oneshot::channel();
+        self.idle_waiters.push(idle_tx);
+        self.commit(ctx);
+        let grace = self.config.shutdown_grace;
+        Box::pin(
+            async move {
+                let _ = idle_rx.await;
+            }
+            .into_actor(self)
+            .then(move |_, act, _| {
+                let (empty_tx, empty_rx) = oneshot::channel();
+                if act.sessions.is_empty() {
+                    let _ = empty_tx.send(());
+                } else {
+                    act.empty_waiters.push(empty_tx);
+                }
+                for s in act.sessions.values() {
+                    s.to.do_send(ToSession::Bye(ByeReason::Shutdown));
+                }
+                async move {
+                    let _ = tokio::time::timeout(grace, empty_rx).await;
+                }
+                .into_actor(act)
+            })
+            .then(|_, act, ctx| {
+                // Sessions acknowledge until they close, so save after that.
+                act.save_acks(ctx);
+                let flush = act.store.send(crate::store::Flush);
+                async move {
+                    match flush.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::error!("flushing the store at shutdown failed: {e}"),
+                        Err(e) => log::error!("store unreachable at shutdown: {e}"),
+                    }
+                }
+                .into_actor(act)
+            }),
+        )
+    }
+}

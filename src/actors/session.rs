@@ -1,0 +1,525 @@
+//! One session per TCP connection: reads and decodes the client's frames,
+//! forwards them to the registry, and writes back what the registry sends.
+//!
+//! Reading and writing are each one future at a time, spawned in the
+//! session's own context:
+//! - the reader reads what the socket has, decodes every complete frame and
+//!   handles it; it pauses while too many `SEND`s wait for an answer or too
+//!   many replies wait to be written, so a client cannot make the broker
+//!   buffer without bound;
+//! - the writer takes everything queued so far and writes it in one go
+//!   (frames coalesce while a write is under way), then returns the
+//!   delivered bytes to the registry as credit.
+//!
+//! Answers to a client's frames (`SENT`, `PONG`, `ERR`, `BYE quit`) go out
+//! in the order of the frames they answer.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, ToSession};
+use super::registry::Registry;
+use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
+use crate::types::{ClientId, Seq};
+
+/// Tunables of a session.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Longest accepted frame, terminator excluded.
+    pub max_frame_bytes: usize,
+    /// `SEND`s that may wait for their `SENT` before reading pauses.
+    pub max_unanswered_sends: usize,
+    /// Bytes of replies that may wait to be written before reading pauses.
+    pub max_queued_reply_bytes: usize,
+    /// How long a closing session waits for its last bytes to be written.
+    pub close_grace: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_frame_bytes: crate::net::DEFAULT_MAX_FRAME_BYTES,
+            max_unanswered_sends: 1024,
+            max_queued_reply_bytes: 256 * 1024,
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the session is in its login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LoginState {
+    None,
+    /// `LOGIN` forwarded, `WELCOME` not yet received.
+    Pending(ClientId),
+    In(ClientId),
+}
+
+impl LoginState {
+    fn id(&self) -> Option<&ClientId> {
+        match self {
+            LoginState::None => None,
+            LoginState::Pending(id) | LoginState::In(id) => Some(id),
+        }
+    }
+}
+
+/// What kind of registry answer a frame is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// `WELCOME` or a refusal, for `LOGIN`.
+    Login,
+    /// `SENT` or a refusal, for `SEND`.
+    Send,
+}
+
+/// An answer owed to the client, in the order of its frames.
+enum Answer {
+    /// The registry has not answered yet.
+    Awaiting(Owed),
+    /// An answer ready to go once every earlier one has gone.
+    Ready(ServerFrame),
+}
+
+/// The actor behind one connection.
+pub struct Session {
+    id: SessionId,
+    peer: Option<SocketAddr>,
+    registry: Addr<Registry>,
+    config: SessionConfig,
+    login: LoginState,
+    codec: ServerCodec,
+
+    reader: Option<OwnedReadHalf>,
+    read_buf: BytesMut,
+    /// A read future is under way.
+    reading: bool,
+
+    writer: Option<OwnedWriteHalf>,
+    /// Frames queued for the next write.
+    out: BytesMut,
+    /// Bytes of `out` that are delivered `MSG` frames (credit to return).
+    out_msg_bytes: usize,
+    /// The buffer of the finished write, kept to be reused.
+    spare: BytesMut,
+    writing: bool,
+    /// The write half was shut down: nothing more goes out.
+    write_closed: bool,
+
+    answers: VecDeque<Answer>,
+    unanswered_sends: usize,
+    /// Highest seq written to this connection (acks above it are refused).
+    highest_delivered: Seq,
+    /// Highest ack forwarded to the registry.
+    acked: Seq,
+    /// Closing: no new frames are handled; once every owed answer is
+    /// written the write side is shut down.
+    closing: bool,
+}
+
+impl Session {
+    /// A session for an accepted connection.
+    pub fn new(stream: TcpStream, registry: Addr<Registry>, config: SessionConfig) -> Session {
+        let peer = stream.peer_addr().ok();
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Session {
+            id: SessionId::next(),
+            peer,
+            registry,
+            codec: ServerCodec::new(config.max_frame_bytes),
+            config,
+            login: LoginState::None,
+            reader: Some(reader),
+            read_buf: BytesMut::new(),
+            reading: false,
+            writer: Some(writer),
+            out: BytesMut::new(),
+            out_msg_bytes: 0,
+            spare: BytesMut::new(),
+            writing: false,
+            write_closed: false,
+            answers: VecDeque::new(),
+            unanswered_sends: 0,
+            highest_delivered: Seq::ZERO,
+            acked: Seq::ZERO,
+            closing: false,
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string())
+    }
+
+    // ---- reading -------------------------------------------------------
+
+    fn read_paused(&self) -> bool {
+        !self.closing
+            && (self.unanswered_sends >= self.config.max_unanswered_sends
+                || self.out.len() - self.out_msg_bytes > self.config.max_queued_reply_bytes)
+    }
+
+    fn start_read(&mut self, ctx: &mut Context<Self>) {
+        if self.reading || self.read_paused() {
+            return;
+        }
+        let Some(mut reader) = self.reader.take() else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut self.read_buf);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(if buf.capacity() < 4096 {
+                4096
+            } else {
+                buf.capacity()
+            });
+        }
+        self.reading = true;
+        async move {
+            let res = reader.read_buf(&mut buf).await;
+            (reader, buf, res)
+        }
+        .into_actor(self)
+        .map(|(reader, buf, res), act, ctx| {
+            act.reading = false;
+            act.reader = Some(reader);
+            act.read_buf = buf;
+            match res {
+                Ok(0) => act.on_eof(ctx),
+                Ok(_) => {
+                    act.decode_frames(ctx);
+                    if act.read_buf.is_empty() && act.read_buf.capacity() > 64 * 1024 {
+                        // Shrink back after a burst.
+                        act.read_buf = BytesMut::new();
+                    }
+                    act.start_read(ctx);
+                }
+                Err(e) => {
+                    log::debug!("read from {} failed: {e}", act.peer());
+                    ctx.stop();
+                }
+            }
+        })
+        .spawn(ctx);
+    }
+
+    fn on_eof(&mut self, ctx: &mut Context<Self>) {
+        // A last frame without a newline still counts.
+        while let Ok(Some(item)) = self.codec.decode_eof(&mut self.read_buf) {
+            self.handle_item(item, ctx);
+        }
+        self.reader = None;
+        if self.write_closed {
+            // We had finished already and the peer has now stopped too.
+            ctx.stop();
+        } else if !self.closing {
+            log::debug!("{} closed its sending side", self.peer());
+            self.begin_close(ctx);
+        }
+    }
+
+    fn decode_frames(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            match self.codec.decode(&mut self.read_buf) {
+                Ok(Some(item)) => self.handle_item(item, ctx),
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("decoding from {} failed: {e}", self.peer());
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        self.forward_ack();
+        self.flush(ctx);
+    }
+
+    fn handle_item(&mut self, item: Result<ClientFrame, FrameError>, ctx: &mut Context<Self>) {
+        if self.closing {
+            // Closing: whatever else arrives is read and dropped.
+            return;
+        }
+        let frame = match item {
+            Ok(frame) => frame,
+            Err(e) => {
+                log::debug!("{}: refused frame: {e}", self.peer());
+                return self.answer(ServerFrame::Err(e));
+            }
+        };
+        log::debug!("{}: {:?}", self.peer(), frame);
+        match frame {
+            ClientFrame::Login { id, secret } => {
+                if self.login != LoginState::None {
+                    return self.refuse(
+                        ErrorCode::AlreadyLoggedIn,
+                        "this connection is logged in already",
+                    );
+                }
+                self.login = LoginState::Pending(id.clone());
+                self.answers.push_back(Answer::Awaiting(Owed::Login));
+                self.registry.do_send(Login {
+                    session: self.id,
+                    id,
+                    secret,
+                    to: ctx.address().recipient(),
+                    peer: self.peer,
+                });
+            }
+            ClientFrame::Send { text, tags } => {
+                if self.login == LoginState::None {
+                    return self.refuse(ErrorCode::NotLoggedIn, "log in first");
+                }
+                self.unanswered_sends += 1;
+                self.answers.push_back(Answer::Awaiting(Owed::Send));
+                self.registry.do_send(Publish {
+                    session: self.id,
+                    text,
+                    tags,
+                });
+            }
+            ClientFrame::Ack { seq } => {
+                if self.login == LoginState::None {
+                    return self.refuse(ErrorCode::NotLoggedIn, "log in first");
+                }
+                if seq > self.highest_delivered {
+                    return self.refuse(
+                        ErrorCode::BadAck,
+                        format!("seq {seq} was never sent on this connection"),
+                    );
+                }
+                self.acked = self.acked.max(seq);
+            }
+            ClientFrame::Ping { token } => self.answer(ServerFrame::Pong { token }),
+            ClientFrame::Quit => {
+                self.answer(ServerFrame::Bye {
+                    reason: ByeReason::Quit,
+                });
+                self.forward_ack();
+                self.begin_close(ctx);
+            }
+        }
+    }
+
+    /// Sends the highest new ack to the registry (once per read, not per frame).
+    fn forward_ack(&mut self) {
+        let Some(id) = self.login.id() else {
+            return;
+        };
+        if self.acked > Seq::ZERO {
+            self.registry.do_send(Ack {
+                id: id.clone(),
+                seq: self.acked,
+            });
+            self.acked = Seq::ZERO;
+        }
+    }
+
+    fn refuse(&mut self, code: ErrorCode, reason: impl Into<String>) {
+        self.answer(ServerFrame::Err(FrameError::new(code, reason)));
+    }
+
+    // ---- answers and writing -------------------------------------------
+
+    /// Queues an answer behind every earlier one.
+    fn answer(&mut self, frame: ServerFrame) {
+        if self.answers.is_empty() {
+            frame.encode(&mut self.out);
+        } else {
+            self.answers.push_back(Answer::Ready(frame));
+        }
+    }
+
+    /// The registry answered the oldest frame of kind `owed` still waiting
+    /// (the registry answers each kind in order); `extra` follows the answer.
+    fn fill(&mut self, owed: Owed, frame: ServerFrame, extra: Option<ServerFrame>) {
+        let Some(i) = self
+            .answers
+            .iter()
+            .position(|a| matches!(a, Answer::Awaiting(o) if *o == owed))
+        else {
+            log::debug!("{}: an answer came for no {owed:?}", self.peer());
+            return;
+        };
+        if owed == Owed::Send {
+            self.unanswered_sends -= 1;
+        }
+        self.answers[i] = Answer::Ready(frame);
+        if let Some(extra) = extra {
+            self.answers.insert(i + 1, Answer::Ready(extra));
+        }
+        while let Some(Answer::Ready(_)) = self.answers.front() {
+            if let Some(Answer::Ready(f)) = self.answers.pop_front() {
+                f.encode(&mut self.out);
+            }
+        }
+    }
+
+    /// Writes everything queued, one write at a time.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.write_closed {
+            return;
+        }
+        if self.out.is_empty() {
+            if self.closing && self.answers.is_empty() {
+                self.close_write(ctx);
+            }
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let mut buf = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare));
+        let credit = std::mem::take(&mut self.out_msg_bytes);
+        self.writing = true;
+        async move {
+            let res = writer.write_all(&buf).await;
+            buf.clear();
+            (writer, buf, res)
+        }
+        .into_actor(self)
+        .map(move |(writer, buf, res), act, ctx| {
+            act.writing = false;
+            act.writer = Some(writer);
+            // Keep a small buffer for the next time; let a big one go.
+            act.spare = if buf.capacity() > 64 * 1024 {
+                BytesMut::new()
+            } else {
+                buf
+            };
+            if let Err(e) = res {
+                log::debug!("write to {} failed: {e}", act.peer());
+                ctx.stop();
+                return;
+            }
+            if credit > 0 {
+                act.registry.do_send(Credit {
+                    session: act.id,
+                    bytes: credit,
+                });
+            }
+            act.flush(ctx);
+            act.start_read(ctx);
+        })
+        .spawn(ctx);
+    }
+
+    /// Everything is written: send FIN, then wait (bounded) for the peer to
+    /// close, so unread input does not turn our close into a reset that
+    /// could destroy the last frames.
+    fn close_write(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        self.write_closed = true;
+        async move {
+            let _ = writer.shutdown().await;
+            writer
+        }
+        .into_actor(self)
+        .map(|writer, act, ctx| {
+            act.writer = Some(writer);
+            if act.reader.is_none() {
+                ctx.stop();
+            } else {
+                act.start_read(ctx);
+            }
+        })
+        .spawn(ctx);
+    }
+
+    /// Stops handling frames; the connection closes once every owed answer
+    /// is written, or after the grace period if the peer does not read.
+    fn begin_close(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        ctx.run_later(self.config.close_grace, |_, ctx| ctx.stop());
+        self.flush(ctx);
+    }
+
+    /// The registry ends the connection: answers it still owed will not come.
+    fn drop_owed_answers(&mut self) {
+        self.answers.clear();
+        self.unanswered_sends = 0;
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        log::info!("connection from {}", self.peer());
+        self.start_read(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        log::info!("connection from {} closed", self.peer());
+        self.registry.do_send(Disconnect { session: self.id });
+    }
+}
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Welcome { id, pending } => {
+                self.login = LoginState::In(id.clone());
+                self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
+            }
+            ToSession::Deliver(messages) => {
+                if self.closing {
+                    return;
+                }
+                for m in &messages {
+                    self.out.extend_from_slice(m.frame());
+                    self.out_msg_bytes += m.frame().len();
+                }
+                if let Some(last) = messages.last() {
+                    self.highest_delivered = last.seq();
+                }
+            }
+            ToSession::Sent(seqs) => {
+                for seq in seqs {
+                    self.fill(Owed::Send, ServerFrame::Sent { seq }, None);
+                }
+            }
+            ToSession::SendRefused(e) => self.fill(Owed::Send, ServerFrame::Err(e), None),
+            ToSession::LoginRefused(e, reason) => {
+                log::info!("{}: login refused: {e}", self.peer());
+                // Nothing after the refused login will be answered.
+                if let Some(i) = self
+                    .answers
+                    .iter()
+                    .position(|a| matches!(a, Answer::Awaiting(Owed::Login)))
+                {
+                    self.answers.truncate(i + 1);
+                }
+                self.fill(
+                    Owed::Login,
+                    ServerFrame::Err(e),
+                    Some(ServerFrame::Bye { reason }),
+                );
+                self.drop_owed_answers();
+                self.begin_close(ctx);
+            }
+            ToSession::Bye(reason) => {
+                self.drop_owed_answers();
+                if !self.write_closed {
+                    ServerFrame::Bye { reason }.encode(&mut self.out);
+                }
+                self.begin_close(ctx);
+            }
+        }
+        self.flush(ctx);
+    }
+}

@@ -1,0 +1,73 @@
+//! `client`: a line-oriented Herald chat client. Parses the command line and
+//! runs [`herald::client::run`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use herald::client::{ClientConfig, Outcome};
+use herald::ClientId;
+
+/// Herald chat client: sends every line typed on stdin, prints every message
+/// received as `<from>: <text>`.
+#[derive(Parser, Debug)]
+#[command(name = "client", version, about)]
+struct Args {
+    /// The client id to log in as.
+    #[arg(long, value_parser = |s: &str| ClientId::new(s).map_err(|e| e.to_string()))]
+    client_id: ClientId,
+
+    /// Server address or host name.
+    #[arg(long, default_value = "127.0.0.1")]
+    server_ip: String,
+
+    /// Server port.
+    #[arg(long)]
+    port: u16,
+
+    /// For scripts: once stdin has ended and every line is confirmed
+    /// (SENT), quit (status 0) after no message arrived for MS milliseconds.
+    /// Without it the client keeps receiving after stdin ends.
+    #[arg(long, value_name = "MS")]
+    exit_when_idle: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
+    let args = Args::parse_from(args);
+    let config = ClientConfig {
+        server: args.server_ip,
+        port: args.port,
+        id: args.client_id,
+        exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(herald::client::run(config));
+    // A read of stdin may still be blocked in its thread: do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(Outcome::Quit) => ExitCode::SUCCESS,
+        Ok(Outcome::Refused(reason)) => {
+            eprintln!("error: login refused: {reason}");
+            ExitCode::from(1)
+        }
+        Ok(Outcome::Closed(reason)) => {
+            eprintln!("error: {reason}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `server`: the Herald broker. Parses the command line and runs
+//! [`herald::server::run`].
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+use herald::server::{ServerConfig, StorageConfig};
+use herald::ClientId;
+
+/// When a `SEND` is confirmed relative to the disk.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncMode {
+    /// `SENT` only once the message is on stable storage (fsync).
+    Always,
+    /// `SENT` once written; the OS flushes it later.
+    None,
+}
+
+/// Herald chat broker: relays every line a client sends to every other
+/// allowed client, and replays what a client missed when it logs in.
+#[derive(Parser, Debug)]
+#[command(name = "server", version, about)]
+struct Args {
+    /// Allowed client ids, comma separated (e.g. 1,2,3).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_client_id)]
+    client_ids: Vec<ClientId>,
+
+    /// Port to listen on; 0 lets the OS pick one (printed on stdout).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+
+    /// Directory of the durable store.
+    #[arg(long, default_value = "./herald-data")]
+    data_dir: PathBuf,
+
+    /// When a message counts as stored.
+    #[arg(long, value_enum, default_value_t = SyncMode::Always)]
+    sync: SyncMode,
+
+    /// Keep everything in memory (lost when the server stops).
+    #[arg(long)]
+    memory: bool,
+
+    /// Longest accepted frame in bytes, newline excluded.
+    #[arg(long, default_value_t = herald::net::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
+    max_frame_bytes: u64,
+}
+
+fn parse_client_id(s: &str) -> Result<ClientId, String> {
+    ClientId::new(s.trim()).map_err(|e| format!("'{s}': {e}"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
+    let args = Args::parse_from(args);
+
+    if !args.memory {
+        eprintln!(
+            "error: the durable store is not available yet; start with --memory (data dir {} and --sync {:?} are not used)",
+            args.data_dir.display(),
+            args.sync
+        );
+        return ExitCode::from(1);
+    }
+    let config = ServerConfig {
+        bind: args.bind,
+        port: args.port,
+        client_ids: args.client_ids,
+        storage: StorageConfig::Memory,
+        registry: Default::default(),
+        session: herald::actors::SessionConfig {
+            max_frame_bytes: args.max_frame_bytes as usize,
+            ..Default::default()
+        },
+        session_threads: 0,
+    };
+    match actix_rt::System::new().block_on(herald::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

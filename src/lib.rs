@@ -1,0 +1,15 @@
+//! Herald: an actor-model chat broker that never loses a message it
+//! confirmed and catches up clients that were away.
+//!
+//! Data flows one way: socket → [`net`] codec → [`actors::Session`] →
+//! [`actors::Registry`] → [`store`], and back out to sessions.
+
+pub mod actors;
+pub mod cli;
+pub mod client;
+pub mod net;
+pub mod server;
+pub mod store;
+pub mod types;
+
+pub use types::{ClientId, Message, Seq};

@@ -1,0 +1,9 @@
+//! Bytes and frames: the wire protocol's typed frames, the line codec, and
+//! the TCP listener that turns each accepted connection into a session.
+
+pub mod codec;
+pub mod frame;
+pub mod listener;
+
+pub use codec::{ClientCodec, ServerCodec, DEFAULT_MAX_FRAME_BYTES};
+pub use frame::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerFrame, Tags};

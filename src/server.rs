@@ -1,0 +1,129 @@
+//! Wiring of a running broker: opens the store, starts the store actor, the
+//! registry and the session arbiters, listens, and shuts down in order on
+//! SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::actors::messages::Shutdown;
+use crate::actors::{Registry, RegistryConfig, Session, SessionConfig};
+use crate::net::listener::accept_loop;
+use crate::store::{MemoryStore, Store, StoreActor};
+use crate::types::ClientId;
+
+/// Where the broker keeps its log.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    /// In memory only: lost when the process ends.
+    Memory,
+}
+
+/// Everything a broker needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub bind: IpAddr,
+    /// Port to bind; 0 lets the OS choose.
+    pub port: u16,
+    /// The allow-list.
+    pub client_ids: Vec<ClientId>,
+    /// The store to use.
+    pub storage: StorageConfig,
+    /// Registry tunables.
+    pub registry: RegistryConfig,
+    /// Session tunables.
+    pub session: SessionConfig,
+    /// Threads that run sessions (0: one per core).
+    pub session_threads: usize,
+}
+
+fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
+    match config {
+        StorageConfig::Memory => Ok(Box::new(MemoryStore::new())),
+    }
+}
+
+/// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
+///
+/// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let mut store = open_store(&config.storage)?;
+    let recovered = store.recover().context("cannot read the store")?;
+    let listener = TcpListener::bind(SocketAddr::new(config.bind, config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    let slot = std::sync::Mutex::new(Some(store));
+    let store = SyncArbiter::start(1, move || {
+        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
+    });
+
+    let registry_arbiter = Arbiter::new();
+    let registry_config = config.registry.clone();
+    let ids = config.client_ids.clone();
+    let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
+        Registry::new(registry_config, ids, recovered, store)
+    });
+
+    let threads = match config.session_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let workers: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}").context("cannot write to stdout")?;
+        out.flush().context("cannot write to stdout")?;
+    }
+    log::info!(
+        "listening on {local} for {} client id(s)",
+        config.client_ids.len()
+    );
+
+    let mut next = 0usize;
+    let session_config = config.session.clone();
+    let accept_registry = registry.clone();
+    accept_loop(
+        listener,
+        |stream| {
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("cannot hand over a connection: {e}");
+                    return;
+                }
+            };
+            let registry = accept_registry.clone();
+            let config = session_config.clone();
+            let worker = &workers[next % workers.len()];
+            next = next.wrapping_add(1);
+            worker.spawn_fn(move || match tokio::net::TcpStream::from_std(std_stream) {
+                Ok(stream) => {
+                    Session::new(stream, registry, config).start();
+                }
+                Err(e) => log::warn!("cannot register a connection: {e}"),
+            });
+        },
+        crate::cli::shutdown_signal(),
+    )
+    .await;
+
+    log::info!("shutting down: confirming pending messages and closing sessions");
+    if let Err(e) = registry.send(Shutdown).await {
+        log::error!("registry unreachable at shutdown: {e}");
+    }
+    for w in &workers {
+        w.stop();
+    }
+    registry_arbiter.stop();
+    log::info!("stopped");
+    Ok(())
+}

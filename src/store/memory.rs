@@ -1,0 +1,108 @@
+//! The in-memory store: the seed's behaviour, nothing touches the disk and
+//! everything is gone when the process ends.
+
+use std::collections::HashMap;
+
+use super::{Recovered, Store, StoreError};
+use crate::types::{ClientId, Message, Seq};
+
+/// Keeps the whole log and the cursors in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    log: Vec<Message>,
+    acks: HashMap<ClientId, Seq>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Index in `log` of the first message with seq > `after`.
+    fn index_after(&self, after: Seq) -> usize {
+        self.log.partition_point(|m| m.seq() <= after)
+    }
+}
+
+impl Store for MemoryStore {
+    fn recover(&mut self) -> Result<Recovered, StoreError> {
+        Ok(Recovered {
+            head: self.log.last().map(Message::seq).unwrap_or(Seq::ZERO),
+            acks: self.acks.clone(),
+        })
+    }
+
+    fn append(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+        self.log.extend_from_slice(batch);
+        Ok(())
+    }
+
+    fn read_after(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        max: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let start = self.index_after(after);
+        Ok(self.log[start..]
+            .iter()
+            .take_while(|m| m.seq() <= upto)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
+    fn count_from_others(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        reader: &ClientId,
+    ) -> Result<u64, StoreError> {
+        let start = self.index_after(after);
+        Ok(self.log[start..]
+            .iter()
+            .take_while(|m| m.seq() <= upto)
+            .filter(|m| m.from() != reader)
+            .count() as u64)
+    }
+
+    fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+        for (id, seq) in acks {
+            self.acks.insert(id.clone(), *seq);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, from: &str) -> Message {
+        Message::new(Seq(seq), 0, ClientId::new(from).unwrap(), b"x")
+    }
+
+    #[test]
+    fn reads_ranges_and_counts_others() {
+        let mut s = MemoryStore::new();
+        s.append(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")])
+            .unwrap();
+        let got: Vec<u64> = s
+            .read_after(Seq(1), Seq(4), 2)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq().0)
+            .collect();
+        assert_eq!(got, vec![2, 3]);
+        assert_eq!(s.read_after(Seq(3), Seq(3), 10).unwrap(), vec![]);
+        let a = ClientId::new("a").unwrap();
+        assert_eq!(s.count_from_others(Seq(0), Seq(4), &a).unwrap(), 2);
+        assert_eq!(s.count_from_others(Seq(2), Seq(3), &a).unwrap(), 0);
+        assert_eq!(s.recover().unwrap().head, Seq(4));
+    }
+}

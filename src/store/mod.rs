@@ -1,0 +1,180 @@
+//! Disks: the seam behind which the registry keeps its message log and each
+//! client id's `last_ack`.
+//!
+//! A [`Store`] is plain blocking code. It runs on its own thread behind a
+//! [`StoreActor`] (a `SyncArbiter` actor), so no disk I/O ever runs on the
+//! registry's event loop. The registry batches: one [`Append`] carries every
+//! message accepted while the previous append was in flight (group commit),
+//! and a message is confirmed to its sender only after its append returned.
+
+use std::collections::HashMap;
+
+use actix::{Actor, Handler, Message as ActixMessage, SyncContext};
+
+use crate::types::{ClientId, Message, Seq};
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operating system refused an I/O operation (full disk, permissions…).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The storage engine reported an error.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// The data found is not something this version can use.
+    #[error("incompatible data: {0}")]
+    Incompatible(String),
+}
+
+/// What a store holds when the broker starts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The highest stored seq (`Seq::ZERO` when empty); numbering goes on
+    /// after it.
+    pub head: Seq,
+    /// The last acknowledged seq of every client id that ever acknowledged.
+    pub acks: HashMap<ClientId, Seq>,
+}
+
+/// The message log and acknowledgement cursors.
+///
+/// Every method may block; callers reach a store only through
+/// [`StoreActor`].
+pub trait Store: Send + 'static {
+    /// Reads what a previous run left behind.
+    fn recover(&mut self) -> Result<Recovered, StoreError>;
+
+    /// Stores `batch` (consecutive seqs, in order) as one atomic unit: after
+    /// `Ok` every message survives what the store promises to survive, after
+    /// `Err` none of them is stored.
+    fn append(&mut self, batch: &[Message]) -> Result<(), StoreError>;
+
+    /// Up to `max` stored messages with `after < seq <= upto`, in seq order.
+    fn read_after(&mut self, after: Seq, upto: Seq, max: usize)
+        -> Result<Vec<Message>, StoreError>;
+
+    /// How many stored messages with `after < seq <= upto` were sent by
+    /// someone other than `reader`: the backlog announced in `WELCOME`.
+    fn count_from_others(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        reader: &ClientId,
+    ) -> Result<u64, StoreError>;
+
+    /// Records each client id's new `last_ack`.
+    fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable, before a clean stop.
+    fn flush(&mut self) -> Result<(), StoreError>;
+}
+
+/// Runs a [`Store`] on a dedicated thread and answers the registry's
+/// requests one at a time.
+pub struct StoreActor {
+    store: Option<Box<dyn Store>>,
+}
+
+impl StoreActor {
+    /// Wraps `store`; start it with `SyncArbiter::start(1, …)`, whose
+    /// factory may be called again after a restart and then has no store
+    /// left to give (`None`): every request then fails instead of silently
+    /// using an empty store.
+    pub fn new(store: Option<Box<dyn Store>>) -> StoreActor {
+        StoreActor { store }
+    }
+
+    fn store(&mut self) -> Result<&mut dyn Store, StoreError> {
+        match self.store.as_deref_mut() {
+            Some(s) => Ok(s),
+            None => Err(StoreError::Engine(
+                "the store is no longer available".into(),
+            )),
+        }
+    }
+}
+
+impl Actor for StoreActor {
+    type Context = SyncContext<Self>;
+}
+
+/// Append a batch; answers with the batch once it is stored.
+#[derive(ActixMessage)]
+#[rtype(result = "Result<Vec<Message>, StoreError>")]
+pub struct Append(pub Vec<Message>);
+
+/// Read a chunk of the log; see [`Store::read_after`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<Vec<Message>, StoreError>")]
+pub struct ReadAfter {
+    /// Exclusive lower bound.
+    pub after: Seq,
+    /// Inclusive upper bound.
+    pub upto: Seq,
+    /// At most this many messages.
+    pub max: usize,
+}
+
+/// Count a backlog; see [`Store::count_from_others`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct CountFromOthers {
+    /// Exclusive lower bound.
+    pub after: Seq,
+    /// Inclusive upper bound.
+    pub upto: Seq,
+    /// The client whose own messages do not count.
+    pub reader: ClientId,
+}
+
+/// Save acknowledgement cursors; see [`Store::save_acks`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct SaveAcks(pub Vec<(ClientId, Seq)>);
+
+/// Make everything durable; see [`Store::flush`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Flush;
+
+impl Handler<Append> for StoreActor {
+    type Result = Result<Vec<Message>, StoreError>;
+    fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
+        self.store()?.append(&msg.0)?;
+        Ok(msg.0)
+    }
+}
+
+impl Handler<ReadAfter> for StoreActor {
+    type Result = Result<Vec<Message>, StoreError>;
+    fn handle(&mut self, msg: ReadAfter, _: &mut Self::Context) -> Self::Result {
+        self.store()?.read_after(msg.after, msg.upto, msg.max)
+    }
+}
+
+impl Handler<CountFromOthers> for StoreActor {
+    type Result = Result<u64, StoreError>;
+    fn handle(&mut self, msg: CountFromOthers, _: &mut Self::Context) -> Self::Result {
+        self.store()?
+            .count_from_others(msg.after, msg.upto, &msg.reader)
+    }
+}
+
+impl Handler<SaveAcks> for StoreActor {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: SaveAcks, _: &mut Self::Context) -> Self::Result {
+        self.store()?.save_acks(&msg.0)
+    }
+}
+
+impl Handler<Flush> for StoreActor {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        self.store()?.flush()
+    }
+}

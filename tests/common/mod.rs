@@ -1,0 +1,203 @@
+//! Helpers for tests that run the real `server` binary and talk to it over
+//! loopback sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// How long any single expectation may wait before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `server` process, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    /// stderr, drained by a thread so the server never blocks on it.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `server` with `args` (plus `--bind 127.0.0.1 --port 0`) and
+    /// waits for its `listening on` line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
+        all.extend_from_slice(args);
+        Server::start_raw(&all)
+    }
+
+    /// Starts `server` with exactly `args` (they must bind 127.0.0.1).
+    pub fn start_raw(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Server { child, port, log }
+    }
+
+    pub async fn connect(&self) -> Conn {
+        Conn::connect(self.port).await
+    }
+
+    /// A connection that is logged in as `id` and has read its WELCOME;
+    /// returns the announced backlog size too.
+    pub async fn login(&self, id: &str) -> (Conn, u64) {
+        let mut c = self.connect().await;
+        c.send(&format!("LOGIN {id}")).await;
+        let welcome = c.line().await;
+        let pending = welcome
+            .strip_prefix(&format!("WELCOME {id} "))
+            .unwrap_or_else(|| panic!("expected WELCOME, got {welcome:?}"))
+            .parse()
+            .unwrap();
+        (c, pending)
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the server to exit and returns its status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's resident set high-water mark in KiB (Linux).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw protocol connection.
+pub struct Conn {
+    pub reader: AsyncBufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl Conn {
+    pub async fn connect(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (r, w) = stream.into_split();
+        Conn {
+            reader: AsyncBufReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// Writes one frame (a newline is added).
+    pub async fn send(&mut self, frame: &str) {
+        self.writer.write_all(frame.as_bytes()).await.unwrap();
+        self.writer.write_all(b"\n").await.unwrap();
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// The next line from the server, without its newline; panics on EOF or
+    /// after the deadline.
+    pub async fn line(&mut self) -> String {
+        self.try_line()
+            .await
+            .expect("connection closed while a line was expected")
+    }
+
+    /// The next line, or `None` at EOF.
+    pub async fn try_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(DEADLINE, self.reader.read_until(b'\n', &mut buf))
+            .await
+            .expect("timed out waiting for the server")
+            .expect("read failed");
+        if n == 0 {
+            return None;
+        }
+        assert_eq!(buf.pop(), Some(b'\n'), "line without newline: {buf:?}");
+        Some(String::from_utf8(buf).expect("server sent invalid UTF-8"))
+    }
+
+    /// Asserts the server closes the connection next.
+    pub async fn expect_eof(&mut self) {
+        if let Some(line) = self.try_line().await {
+            panic!("expected the connection to close, got {line:?}");
+        }
+    }
+
+    /// Reads `n` MSG frames and returns (seq, from, text) for each.
+    pub async fn msgs(&mut self, n: usize) -> Vec<(u64, String, String)> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let line = self.line().await;
+            out.push(parse_msg(&line).unwrap_or_else(|| panic!("expected MSG, got {line:?}")));
+        }
+        out
+    }
+}
+
+/// Splits `MSG <seq> <unix_ms> <from> <text>`.
+pub fn parse_msg(line: &str) -> Option<(u64, String, String)> {
+    let rest = line.strip_prefix("MSG ")?;
+    let mut parts = rest.splitn(4, ' ');
+    let seq = parts.next()?.parse().ok()?;
+    let _ms: u64 = parts.next()?.parse().ok()?;
+    let from = parts.next()?.to_owned();
+    let text = parts.next()?.to_owned();
+    Some((seq, from, text))
+}

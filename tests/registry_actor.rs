@@ -1,0 +1,382 @@
+//! Registry tests with mock sessions: no sockets, just the registry, an
+//! in-memory store, and test actors behind the same `Recipient<ToSession>`
+//! real sessions use.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use herald::actors::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown};
+use herald::actors::{Registry, RegistryConfig, ToSession};
+use herald::net::{ByeReason, ErrorCode, Tags};
+use herald::store::{MemoryStore, Recovered, StoreActor};
+use herald::{ClientId, Seq};
+use tokio::sync::mpsc;
+
+/// A stand-in session: forwards everything it is sent to the test, and
+/// returns delivery credit at once when `auto_credit` is set.
+struct Mock {
+    session: SessionId,
+    registry: Addr<Registry>,
+    tx: mpsc::UnboundedSender<ToSession>,
+    auto_credit: bool,
+}
+
+impl Actor for Mock {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToSession> for Mock {
+    type Result = ();
+    fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+        if let (true, ToSession::Deliver(ms)) = (self.auto_credit, &msg) {
+            let bytes = ms.iter().map(|m| m.frame().len()).sum();
+            self.registry.do_send(Credit {
+                session: self.session,
+                bytes,
+            });
+        }
+        let _ = self.tx.send(msg);
+    }
+}
+
+fn id(s: &str) -> ClientId {
+    ClientId::new(s).unwrap()
+}
+
+fn start(ids: &[&str], config: RegistryConfig) -> Addr<Registry> {
+    let slot = Mutex::new(Some(
+        Box::new(MemoryStore::new()) as Box<dyn herald::store::Store>
+    ));
+    let store = SyncArbiter::start(1, move || StoreActor::new(slot.lock().unwrap().take()));
+    let ids: Vec<ClientId> = ids.iter().map(|s| id(s)).collect();
+    Registry::new(config, ids, Recovered::default(), store).start()
+}
+
+struct Client {
+    session: SessionId,
+    id: ClientId,
+    registry: Addr<Registry>,
+    rx: mpsc::UnboundedReceiver<ToSession>,
+}
+
+impl Client {
+    async fn connect(registry: &Addr<Registry>, name: &str, auto_credit: bool) -> Client {
+        let session = SessionId::next();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mock = Mock {
+            session,
+            registry: registry.clone(),
+            tx,
+            auto_credit,
+        }
+        .start();
+        registry.do_send(Login {
+            session,
+            id: id(name),
+            secret: None,
+            to: mock.recipient(),
+            peer: None,
+        });
+        Client {
+            session,
+            id: id(name),
+            registry: registry.clone(),
+            rx,
+        }
+    }
+
+    async fn next(&mut self) -> ToSession {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("timed out waiting for the registry")
+            .expect("mock session gone")
+    }
+
+    async fn welcome(&mut self) -> u64 {
+        match self.next().await {
+            ToSession::Welcome { pending, .. } => pending,
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+    }
+
+    fn publish(&self, text: &str) {
+        self.registry.do_send(Publish {
+            session: self.session,
+            text: Bytes::copy_from_slice(text.as_bytes()),
+            tags: Tags::default(),
+        });
+    }
+
+    async fn sent(&mut self) -> Vec<Seq> {
+        match self.next().await {
+            ToSession::Sent(seqs) => seqs,
+            other => panic!("expected SENT, got {other:?}"),
+        }
+    }
+
+    /// Collects `SENT` answers until `n` seqs arrived.
+    async fn sent_n(&mut self, n: usize) -> Vec<Seq> {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            seqs.extend(self.sent().await);
+        }
+        assert_eq!(seqs.len(), n, "more answers than sends");
+        seqs
+    }
+
+    /// Collects delivered (seq, from, text) until `n` messages arrived.
+    async fn delivered(&mut self, n: usize) -> Vec<(u64, String, String)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next().await {
+                ToSession::Deliver(ms) => out.extend(ms.iter().map(|m| {
+                    (
+                        m.seq().0,
+                        m.from().to_string(),
+                        String::from_utf8(m.text().to_vec()).unwrap(),
+                    )
+                })),
+                other => panic!("expected MSG, got {other:?}"),
+            }
+        }
+        assert_eq!(out.len(), n, "more messages than expected");
+        out
+    }
+
+    fn ack(&self, seq: u64) {
+        self.registry.do_send(Ack {
+            id: self.id.clone(),
+            seq: Seq(seq),
+        });
+    }
+
+    fn disconnect(&self) {
+        self.registry.do_send(Disconnect {
+            session: self.session,
+        });
+    }
+}
+
+#[actix_rt::test]
+async fn broadcasts_to_every_other_online_client_never_to_the_sender() {
+    let r = start(&["a", "b", "c"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    let mut b = Client::connect(&r, "b", true).await;
+    let mut c = Client::connect(&r, "c", true).await;
+    for cl in [&mut a, &mut b, &mut c] {
+        assert_eq!(cl.welcome().await, 0);
+    }
+    a.publish("hi");
+    assert_eq!(a.sent().await, vec![Seq(1)]);
+    assert_eq!(b.delivered(1).await, vec![(1, "a".into(), "hi".into())]);
+    assert_eq!(c.delivered(1).await, vec![(1, "a".into(), "hi".into())]);
+    // If `a` had been sent its own message it would come before b's.
+    b.publish("back");
+    assert_eq!(b.sent().await, vec![Seq(2)]);
+    assert_eq!(a.delivered(1).await, vec![(2, "b".into(), "back".into())]);
+}
+
+#[actix_rt::test]
+async fn sent_answers_come_in_order_and_seqs_are_dense() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    for i in 0..500 {
+        a.publish(&format!("m{i}"));
+    }
+    assert_eq!(a.sent_n(500).await, (1..=500).map(Seq).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn a_client_that_was_away_gets_its_backlog_then_live_messages() {
+    let r = start(&["a", "b", "c"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    a.publish("one");
+    a.publish("two");
+    assert_eq!(a.sent_n(2).await, vec![Seq(1), Seq(2)]);
+    let mut c = Client::connect(&r, "c", true).await;
+    assert_eq!(c.welcome().await, 2);
+    assert_eq!(
+        c.delivered(2).await,
+        vec![(1, "a".into(), "one".into()), (2, "a".into(), "two".into())]
+    );
+    a.publish("three");
+    assert_eq!(c.delivered(1).await, vec![(3, "a".into(), "three".into())]);
+}
+
+#[actix_rt::test]
+async fn own_messages_are_not_counted_or_replayed() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    let mut b = Client::connect(&r, "b", true).await;
+    a.welcome().await;
+    b.welcome().await;
+    b.publish("from b");
+    b.sent().await;
+    assert_eq!(a.delivered(1).await, vec![(1, "b".into(), "from b".into())]);
+    b.disconnect();
+    a.publish("from a");
+    a.sent().await;
+    let mut b = Client::connect(&r, "b", true).await;
+    assert_eq!(b.welcome().await, 1);
+    assert_eq!(b.delivered(1).await, vec![(2, "a".into(), "from a".into())]);
+}
+
+#[actix_rt::test]
+async fn acks_are_cumulative_and_unacked_messages_come_again() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    let mut b = Client::connect(&r, "b", true).await;
+    a.welcome().await;
+    b.welcome().await;
+    for t in ["1", "2", "3"] {
+        a.publish(t);
+    }
+    assert_eq!(b.delivered(3).await.len(), 3);
+    b.ack(2);
+    b.disconnect();
+    let mut b = Client::connect(&r, "b", true).await;
+    assert_eq!(b.welcome().await, 1);
+    assert_eq!(b.delivered(1).await, vec![(3, "a".into(), "3".into())]);
+    // An older ack never moves the cursor back.
+    b.ack(1);
+    b.ack(3);
+    b.disconnect();
+    let mut b = Client::connect(&r, "b", true).await;
+    assert_eq!(b.welcome().await, 0);
+}
+
+#[actix_rt::test]
+async fn a_second_login_replaces_the_first() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut b1 = Client::connect(&r, "b", true).await;
+    b1.welcome().await;
+    let mut b2 = Client::connect(&r, "b", true).await;
+    assert!(matches!(
+        b1.next().await,
+        ToSession::Bye(ByeReason::Replaced)
+    ));
+    assert_eq!(b2.welcome().await, 0);
+    // The old session's late disconnect must not log the new one out.
+    b1.disconnect();
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    a.publish("still there?");
+    assert_eq!(
+        b2.delivered(1).await,
+        vec![(1, "a".into(), "still there?".into())]
+    );
+}
+
+#[actix_rt::test]
+async fn unknown_ids_are_refused() {
+    let r = start(&["a"], RegistryConfig::default());
+    let mut x = Client::connect(&r, "x", true).await;
+    match x.next().await {
+        ToSession::LoginRefused(e, ByeReason::UnknownClient) => {
+            assert_eq!(e.code, ErrorCode::UnknownClient)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn a_reader_without_credit_is_not_pushed_to_and_catches_up_from_the_store() {
+    let config = RegistryConfig {
+        session_window_bytes: 4096,
+        tail_messages: 16,
+        read_chunk: 10,
+        ..RegistryConfig::default()
+    };
+    let r = start(&["a", "slow"], config);
+    let mut a = Client::connect(&r, "a", true).await;
+    let mut slow = Client::connect(&r, "slow", false).await;
+    a.welcome().await;
+    slow.welcome().await;
+    let text = "x".repeat(100);
+    for _ in 0..1000 {
+        a.publish(&text);
+    }
+    a.sent_n(1000).await;
+    // Everything is stored; the slow reader was pushed no more than its
+    // window (plus at most one message) while it returned no credit.
+    let mut pushed = Vec::new();
+    let mut bytes = 0;
+    while let Ok(msg) = slow.rx.try_recv() {
+        match msg {
+            ToSession::Deliver(ms) => {
+                bytes += ms.iter().map(|m| m.frame().len()).sum::<usize>();
+                pushed.extend(ms.iter().map(|m| m.seq().0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(bytes <= 4096 + 200, "pushed {bytes} bytes without credit");
+    // Now it drains: returning credit brings the rest, from the store since
+    // the tail holds only the newest 16.
+    let mut next = pushed.last().copied().unwrap_or(0);
+    let mut all = pushed.clone();
+    r.do_send(Credit {
+        session: slow.session,
+        bytes,
+    });
+    while next < 1000 {
+        match slow.next().await {
+            ToSession::Deliver(ms) => {
+                let b = ms.iter().map(|m| m.frame().len()).sum();
+                all.extend(ms.iter().map(|m| m.seq().0));
+                next = ms.last().unwrap().seq().0;
+                r.do_send(Credit {
+                    session: slow.session,
+                    bytes: b,
+                });
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(all, (1..=1000).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn backlog_and_live_traffic_meet_without_gap_or_duplicate() {
+    let config = RegistryConfig {
+        tail_messages: 64,
+        read_chunk: 50,
+        ..RegistryConfig::default()
+    };
+    let r = start(&["a", "late"], config);
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    for i in 0..2000 {
+        a.publish(&format!("{i}"));
+    }
+    // Log in while those are still being stored, then send more.
+    let mut late = Client::connect(&r, "late", true).await;
+    for i in 2000..3000 {
+        a.publish(&format!("{i}"));
+    }
+    let pending = late.welcome().await;
+    assert!(pending <= 3000);
+    let got = late.delivered(3000).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn shutdown_says_bye_to_every_session() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    a.publish("last words");
+    let shutdown = r.send(Shutdown);
+    assert_eq!(a.sent().await, vec![Seq(1)]);
+    assert!(matches!(
+        a.next().await,
+        ToSession::Bye(ByeReason::Shutdown)
+    ));
+    a.disconnect();
+    shutdown.await.unwrap();
+}
