@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::actors::messages::Shutdown;
 use crate::actors::{Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
-use crate::store::{MemoryStore, Store, StoreActor};
+use crate::store::{MemoryStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
 
 /// Where the broker keeps its log.
@@ -20,6 +20,13 @@ use crate::types::ClientId;
 pub enum StorageConfig {
     /// In memory only: lost when the process ends.
     Memory,
+    /// SQLite in `dir`, committed per `sync`.
+    Durable {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// When a commit reaches the disk.
+        sync: SyncPolicy,
+    },
 }
 
 /// Everything a broker needs to start.
@@ -44,6 +51,7 @@ pub struct ServerConfig {
 fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     match config {
         StorageConfig::Memory => Ok(Box::new(MemoryStore::new())),
+        StorageConfig::Durable { dir, sync } => Ok(Box::new(SqliteStore::open(dir, *sync)?)),
     }
 }
 
@@ -53,6 +61,11 @@ fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let mut store = open_store(&config.storage)?;
     let recovered = store.recover().context("cannot read the store")?;
+    log::info!(
+        "store holds messages up to seq {} and cursors of {} client id(s)",
+        recovered.head,
+        recovered.acks.len()
+    );
     let listener = TcpListener::bind(SocketAddr::new(config.bind, config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;

@@ -6,5 +6,5 @@ pub mod registry;
 pub mod session;
 
 pub use messages::{SessionId, ToSession};
-pub use registry::{Registry, RegistryConfig};
+pub use registry::{Registry, RegistryConfig, Retain};
 pub use session::{Session, SessionConfig};

@@ -25,9 +25,32 @@ use tokio::sync::oneshot;
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
-    Append, CountFromOthers, ReadAfter, Recovered, SaveAcks, StoreActor, StoreError,
+    Append, CountFromOthers, Prune, ReadAfter, Recovered, SaveAcks, StoreActor, StoreError,
 };
 use crate::types::{unix_ms_now, ClientId, Message, Seq};
+
+/// How long messages are kept once every allowed id has acknowledged them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Retain {
+    /// Keep every message forever.
+    #[default]
+    All,
+    /// Delete fully acknowledged messages, but always keep the newest N.
+    Newest(u64),
+}
+
+impl std::str::FromStr for Retain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Retain::All),
+            n => n
+                .parse()
+                .map(Retain::Newest)
+                .map_err(|_| format!("'{s}' is neither 'all' nor a number of messages")),
+        }
+    }
+}
 
 /// Tunables of the registry; the defaults suit a small machine.
 #[derive(Clone, Debug)]
@@ -48,6 +71,8 @@ pub struct RegistryConfig {
     pub ack_flush_interval: Duration,
     /// How long a shutdown waits for sessions to close.
     pub shutdown_grace: Duration,
+    /// Which acknowledged messages to keep.
+    pub retain: Retain,
 }
 
 impl Default for RegistryConfig {
@@ -55,12 +80,13 @@ impl Default for RegistryConfig {
         RegistryConfig {
             session_window_bytes: 256 * 1024,
             tail_messages: 100_000,
-            tail_bytes: 64 * 1024 * 1024,
+            tail_bytes: 16 * 1024 * 1024,
             max_batch: 4096,
             read_chunk: 2048,
             max_deliver: 1024,
             ack_flush_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(3),
+            retain: Retain::All,
         }
     }
 }
@@ -151,6 +177,8 @@ pub struct Registry {
     /// Client ids whose `last_ack` changed since the last save.
     dirty_acks: HashSet<ClientId>,
     shutting_down: bool,
+    /// Everything up to here is (being) pruned from the store.
+    pruned: Seq,
     /// Woken when no append is in flight and nothing is pending.
     idle_waiters: Vec<oneshot::Sender<()>>,
     /// Woken when the last session is gone.
@@ -189,6 +217,7 @@ impl Registry {
             committing: false,
             dirty_acks: HashSet::new(),
             shutting_down: false,
+            pruned: Seq::ZERO,
             idle_waiters: Vec::new(),
             empty_waiters: Vec::new(),
         }
@@ -381,6 +410,8 @@ impl Registry {
         self.pump(sid, ctx);
     }
 
+    /// Saves changed `last_ack`s; once they are stored, prunes what
+    /// `--retain` lets go.
     fn save_acks(&mut self, ctx: &mut Context<Self>) {
         if self.dirty_acks.is_empty() {
             return;
@@ -393,12 +424,40 @@ impl Registry {
         self.store
             .send(SaveAcks(acks))
             .into_actor(self)
-            .map(|res, _, _| match res {
-                Ok(Ok(())) => {}
+            .map(|res, act, ctx| match res {
+                Ok(Ok(())) => act.prune(ctx),
                 Ok(Err(e)) => {
                     log::warn!("saving acknowledgements failed (they will be redelivered): {e}")
                 }
                 Err(e) => log::warn!("store unreachable while saving acknowledgements: {e}"),
+            })
+            .spawn(ctx);
+    }
+
+    /// Deletes messages every allowed id has acknowledged, keeping the
+    /// newest `Retain::Newest(n)`.
+    fn prune(&mut self, ctx: &mut Context<Self>) {
+        let Retain::Newest(keep) = self.config.retain else {
+            return;
+        };
+        let all_acked = self
+            .users
+            .values()
+            .map(|u| u.last_ack)
+            .min()
+            .unwrap_or(Seq::ZERO);
+        let upto = all_acked.min(Seq(self.head.0.saturating_sub(keep)));
+        if upto <= self.pruned {
+            return;
+        }
+        self.pruned = upto;
+        self.store
+            .send(Prune(upto))
+            .into_actor(self)
+            .map(move |res, _, _| match res {
+                Ok(Ok(n)) => log::debug!("pruned {n} message(s) up to seq {upto}"),
+                Ok(Err(e)) => log::warn!("pruning up to seq {upto} failed: {e}"),
+                Err(e) => log::warn!("store unreachable while pruning: {e}"),
             })
             .spawn(ctx);
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use herald::server::{ServerConfig, StorageConfig};
+use herald::store::SyncPolicy;
 use herald::ClientId;
 
 /// When a `SEND` is confirmed relative to the disk.
@@ -43,9 +44,15 @@ struct Args {
     #[arg(long, value_enum, default_value_t = SyncMode::Always)]
     sync: SyncMode,
 
-    /// Keep everything in memory (lost when the server stops).
-    #[arg(long)]
+    /// Keep everything in memory (lost when the server stops) instead of in
+    /// --data-dir.
+    #[arg(long, conflicts_with_all = ["data_dir", "sync"])]
     memory: bool,
+
+    /// Which fully acknowledged messages to keep: `all`, or a number N to
+    /// delete messages every allowed id has acknowledged except the newest N.
+    #[arg(long, default_value = "all", value_name = "all|N")]
+    retain: herald::actors::Retain,
 
     /// Longest accepted frame in bytes, newline excluded.
     #[arg(long, default_value_t = herald::net::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
@@ -61,20 +68,26 @@ fn main() -> ExitCode {
     let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
     let args = Args::parse_from(args);
 
-    if !args.memory {
-        eprintln!(
-            "error: the durable store is not available yet; start with --memory (data dir {} and --sync {:?} are not used)",
-            args.data_dir.display(),
-            args.sync
-        );
-        return ExitCode::from(1);
-    }
+    let storage = if args.memory {
+        StorageConfig::Memory
+    } else {
+        StorageConfig::Durable {
+            dir: args.data_dir,
+            sync: match args.sync {
+                SyncMode::Always => SyncPolicy::Always,
+                SyncMode::None => SyncPolicy::None,
+            },
+        }
+    };
     let config = ServerConfig {
         bind: args.bind,
         port: args.port,
         client_ids: args.client_ids,
-        storage: StorageConfig::Memory,
-        registry: Default::default(),
+        storage,
+        registry: herald::actors::RegistryConfig {
+            retain: args.retain,
+            ..Default::default()
+        },
         session: herald::actors::SessionConfig {
             max_frame_bytes: args.max_frame_bytes as usize,
             ..Default::default()

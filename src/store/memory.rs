@@ -1,7 +1,7 @@
 //! The in-memory store: the seed's behaviour, nothing touches the disk and
 //! everything is gone when the process ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::{Recovered, Store, StoreError};
 use crate::types::{ClientId, Message, Seq};
@@ -9,8 +9,10 @@ use crate::types::{ClientId, Message, Seq};
 /// Keeps the whole log and the cursors in memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    log: Vec<Message>,
+    log: VecDeque<Message>,
     acks: HashMap<ClientId, Seq>,
+    /// Highest seq pruned, so the numbering survives an emptied log.
+    pruned_upto: Seq,
 }
 
 impl MemoryStore {
@@ -28,13 +30,13 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn recover(&mut self) -> Result<Recovered, StoreError> {
         Ok(Recovered {
-            head: self.log.last().map(Message::seq).unwrap_or(Seq::ZERO),
+            head: self.log.back().map_or(self.pruned_upto, Message::seq),
             acks: self.acks.clone(),
         })
     }
 
     fn append(&mut self, batch: &[Message]) -> Result<(), StoreError> {
-        self.log.extend_from_slice(batch);
+        self.log.extend(batch.iter().cloned());
         Ok(())
     }
 
@@ -45,8 +47,9 @@ impl Store for MemoryStore {
         max: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let start = self.index_after(after);
-        Ok(self.log[start..]
-            .iter()
+        Ok(self
+            .log
+            .range(start..)
             .take_while(|m| m.seq() <= upto)
             .take(max)
             .cloned()
@@ -60,8 +63,9 @@ impl Store for MemoryStore {
         reader: &ClientId,
     ) -> Result<u64, StoreError> {
         let start = self.index_after(after);
-        Ok(self.log[start..]
-            .iter()
+        Ok(self
+            .log
+            .range(start..)
             .take_while(|m| m.seq() <= upto)
             .filter(|m| m.from() != reader)
             .count() as u64)
@@ -72,6 +76,13 @@ impl Store for MemoryStore {
             self.acks.insert(id.clone(), *seq);
         }
         Ok(())
+    }
+
+    fn prune(&mut self, upto: Seq) -> Result<u64, StoreError> {
+        let n = self.index_after(upto);
+        self.log.drain(..n);
+        self.pruned_upto = self.pruned_upto.max(upto);
+        Ok(n as u64)
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {

@@ -14,8 +14,10 @@ use actix::{Actor, Handler, Message as ActixMessage, SyncContext};
 use crate::types::{ClientId, Message, Seq};
 
 pub mod memory;
+pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, SyncPolicy};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,10 @@ pub enum StoreError {
     /// The storage engine reported an error.
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// The data directory cannot be used (not a directory, not writable, in
+    /// use by another server).
+    #[error("{0}")]
+    Unusable(String),
     /// The data found is not something this version can use.
     #[error("incompatible data: {0}")]
     Incompatible(String),
@@ -69,6 +75,11 @@ pub trait Store: Send + 'static {
 
     /// Records each client id's new `last_ack`.
     fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError>;
+
+    /// Deletes every message with seq <= `upto` (all acknowledged by every
+    /// allowed id); the numbering goes on after the head regardless.
+    /// Returns how many were deleted.
+    fn prune(&mut self, upto: Seq) -> Result<u64, StoreError>;
 
     /// Makes everything written so far durable, before a clean stop.
     fn flush(&mut self) -> Result<(), StoreError>;
@@ -136,6 +147,18 @@ pub struct CountFromOthers {
 #[derive(ActixMessage)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct SaveAcks(pub Vec<(ClientId, Seq)>);
+
+/// Drop fully acknowledged messages; see [`Store::prune`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct Prune(pub Seq);
+
+impl Handler<Prune> for StoreActor {
+    type Result = Result<u64, StoreError>;
+    fn handle(&mut self, msg: Prune, _: &mut Self::Context) -> Self::Result {
+        self.store()?.prune(msg.0)
+    }
+}
 
 /// Make everything durable; see [`Store::flush`].
 #[derive(ActixMessage)]

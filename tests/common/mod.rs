@@ -32,8 +32,15 @@ impl Server {
 
     /// Starts `server` with exactly `args` (they must bind 127.0.0.1).
     pub fn start_raw(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+        cmd.args(args);
+        Server::spawn(cmd)
+    }
+
+    /// Runs `cmd` (which must end up exec'ing the server) and waits for its
+    /// `listening on` line.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,407 @@
+//! The durable store: SQLite in WAL mode, in a data directory of its own.
+//!
+//! Layout of the directory: `herald.db` (plus SQLite's `-wal` and `-shm`
+//! files while running) and `herald.lock`, which a running server holds
+//! locked so a second server cannot open the same store.
+//!
+//! Tables: `messages(seq, unix_ms, sender, text)`, `acks(client_id,
+//! last_ack)` and `meta(key, value)`; `PRAGMA user_version` holds the schema
+//! version. Everything can be read with the `sqlite3` shell.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{Recovered, Store, StoreError};
+use crate::types::{ClientId, Message, Seq};
+
+/// The schema this version writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// When a commit reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync at every commit (`synchronous=FULL`): a confirmed message
+    /// survives a crash of the process and of the machine.
+    Always,
+    /// Written to the OS at every commit, fsynced only when SQLite
+    /// checkpoints (`synchronous=OFF`): survives a crash of the process, not
+    /// of the machine.
+    None,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Engine(e.to_string())
+    }
+}
+
+/// A message log and cursors in `<dir>/herald.db`.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// Held (locked) for as long as the store is open.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn unusable(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::Unusable(format!("{what}: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// Fails, never starts empty over something else, when `dir` is not a
+    /// usable directory, another server holds it, or the database in it is
+    /// not a Herald store of this schema version.
+    pub fn open(dir: &Path, sync: SyncPolicy) -> Result<SqliteStore, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Unusable(format!(
+                "data directory {} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(unusable(format!(
+            "cannot create data directory {}",
+            dir.display()
+        )))?;
+        let lock_path = dir.join("herald.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(unusable(format!(
+                "data directory {} is not writable",
+                dir.display()
+            )))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Unusable(format!(
+                    "data directory {} is in use by another server",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(unusable(format!("cannot lock {}", lock_path.display()))(e))
+            }
+        }
+
+        let path = dir.join("herald.db");
+        let existed = path.exists();
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Engine(format!("cannot open {}: {e}", path.display())))?;
+        let mut store = SqliteStore {
+            conn,
+            path,
+            _lock: lock,
+        };
+        store.init(existed, sync)?;
+        Ok(store)
+    }
+
+    fn init(&mut self, existed: bool, sync: SyncPolicy) -> Result<(), StoreError> {
+        let shown = self.path.display().to_string();
+        let not_herald =
+            |why: &str| StoreError::Incompatible(format!("{shown} {why}; refusing to use it"));
+        // Reading the version is the first access: a file that is not a
+        // database fails here.
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| not_herald(&format!("cannot be read as a database ({e})")))?;
+        let tables: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| not_herald(&format!("cannot be read as a database ({e})")))?;
+        if version == 0 && tables > 0 {
+            return Err(not_herald("is a database of some other program"));
+        }
+        if version != 0 && version != SCHEMA_VERSION {
+            return Err(StoreError::Incompatible(format!(
+                "{shown} has schema version {version}, this server reads version {SCHEMA_VERSION}; refusing to use it"
+            )));
+        }
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Engine(format!(
+                "cannot switch {shown} to WAL mode (got {mode})"
+            )));
+        }
+        let synchronous = match sync {
+            SyncPolicy::Always => "FULL",
+            SyncPolicy::None => "OFF",
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {synchronous};"))?;
+        if version == 0 {
+            if existed {
+                log::info!("initialising empty database {shown}");
+            }
+            self.conn.execute_batch(&format!(
+                "BEGIN;
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE messages (
+                     seq INTEGER PRIMARY KEY,
+                     unix_ms INTEGER NOT NULL,
+                     sender TEXT NOT NULL,
+                     text TEXT NOT NULL
+                 );
+                 CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
+                 INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
+                 PRAGMA user_version = {SCHEMA_VERSION};
+                 COMMIT;"
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn pruned_upto(&self) -> Result<Seq, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'pruned_upto'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.unwrap_or_default()
+            .parse::<u64>()
+            .map(Seq)
+            .map_err(|_| StoreError::Incompatible("meta.pruned_upto is not a number".into()))
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Incompatible(format!("stored {what} is invalid"))
+}
+
+impl Store for SqliteStore {
+    fn recover(&mut self) -> Result<Recovered, StoreError> {
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM messages", [], |r| r.get(0))?;
+        let head = Seq(max.unwrap_or(0).max(0) as u64).max(self.pruned_upto()?);
+        let mut acks = std::collections::HashMap::new();
+        let mut stmt = self.conn.prepare("SELECT client_id, last_ack FROM acks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (id, ack) = row?;
+            let id = ClientId::new(&id).map_err(|_| corrupt("client id"))?;
+            acks.insert(id, Seq(ack.max(0) as u64));
+        }
+        Ok(Recovered { head, acks })
+    }
+
+    fn append(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (seq, unix_ms, sender, text) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for m in batch {
+                // The text was checked to be UTF-8 when it was received.
+                let text = std::str::from_utf8(m.text()).map_err(|_| corrupt("text"))?;
+                insert.execute(params![
+                    m.seq().0 as i64,
+                    m.unix_ms() as i64,
+                    m.from().as_str(),
+                    text
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read_after(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        max: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, unix_ms, sender, text FROM messages WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
+        let mut out = Vec::with_capacity(max.min(4096));
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let unix_ms: i64 = row.get(1)?;
+            let sender = row.get_ref(2)?.as_str().map_err(|_| corrupt("sender"))?;
+            let from = ClientId::new(sender).map_err(|_| corrupt("sender"))?;
+            let text = row.get_ref(3)?.as_str().map_err(|_| corrupt("text"))?;
+            out.push(Message::new(
+                Seq(seq as u64),
+                unix_ms as u64,
+                from,
+                text.as_bytes(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn count_from_others(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        reader: &ClientId,
+    ) -> Result<u64, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM messages WHERE seq > ?1 AND seq <= ?2 AND sender != ?3",
+        )?;
+        let n: i64 = stmt.query_row(
+            params![after.0 as i64, upto.0 as i64, reader.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO acks (client_id, last_ack) VALUES (?1, ?2)
+                 ON CONFLICT (client_id) DO UPDATE SET last_ack = max(last_ack, excluded.last_ack)",
+            )?;
+            for (id, seq) in acks {
+                upsert.execute(params![id.as_str(), seq.0 as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn prune(&mut self, upto: Seq) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM messages WHERE seq <= ?1",
+            params![upto.0 as i64],
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'pruned_upto' AND CAST(value AS INTEGER) < ?2",
+            params![upto.0.to_string(), upto.0 as i64],
+        )?;
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, from: &str, text: &str) -> Message {
+        Message::new(
+            Seq(seq),
+            1000 + seq,
+            ClientId::new(from).unwrap(),
+            text.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+            assert_eq!(s.recover().unwrap(), Recovered::default());
+            s.append(&[msg(1, "a", "one"), msg(2, "b", "two"), msg(3, "a", "three")])
+                .unwrap();
+            s.save_acks(&[(ClientId::new("b").unwrap(), Seq(1))])
+                .unwrap();
+        }
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(r.head, Seq(3));
+        assert_eq!(r.acks.get(&ClientId::new("b").unwrap()), Some(&Seq(1)));
+        assert_eq!(
+            s.read_after(Seq(1), Seq(3), 10).unwrap(),
+            vec![msg(2, "b", "two"), msg(3, "a", "three")]
+        );
+        assert_eq!(
+            s.count_from_others(Seq(0), Seq(3), &ClientId::new("a").unwrap())
+                .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        s.append(&[msg(1, "a", "x"), msg(2, "a", "y")]).unwrap();
+        assert_eq!(s.prune(Seq(2)).unwrap(), 2);
+        drop(s);
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        assert_eq!(s.recover().unwrap().head, Seq(2));
+    }
+
+    #[test]
+    fn refuses_what_is_not_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the directory should be.
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(SqliteStore::open(&file, SyncPolicy::Always).is_err());
+        // A file that is not a database.
+        let d = dir.path().join("garbage");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("herald.db"), vec![7u8; 4096]).unwrap();
+        let e = SqliteStore::open(&d, SyncPolicy::Always).unwrap_err();
+        assert!(matches!(e, StoreError::Incompatible(_)), "{e}");
+        // Another program's database.
+        let d = dir.path().join("foreign");
+        std::fs::create_dir(&d).unwrap();
+        Connection::open(d.join("herald.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x);")
+            .unwrap();
+        let e = SqliteStore::open(&d, SyncPolicy::Always).unwrap_err();
+        assert!(e.to_string().contains("some other program"), "{e}");
+        // A newer schema.
+        let d = dir.path().join("newer");
+        std::fs::create_dir(&d).unwrap();
+        Connection::open(d.join("herald.db"))
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        let e = SqliteStore::open(&d, SyncPolicy::Always).unwrap_err();
+        assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn one_server_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        let e = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap_err();
+        assert!(e.to_string().contains("in use by another server"), "{e}");
+    }
+}
