@@ -5,6 +5,7 @@
 //! [`actors::Registry`] → [`store`], and back out to sessions.
 
 pub mod actors;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod net;
