@@ -59,7 +59,7 @@ for mode in memory none always; do
         esac
         line=$("$BIN/bench" --port "$port" durable --senders "$SENDERS" --messages "$MESSAGES")
         echo "[$mode run $r] $line"
-        results[$mode]+="$(awk '{for (i=1;i<=NF;i++) if ($(i+1)=="confirmed") print $i}' <<<"$line") "
+        results[$mode]+="$(awk '{for (i=1;i<=NF;i++) if ($(i+1)=="sends/s") print $i}' <<<"$line") "
         stop_server
     done
 done

@@ -55,6 +55,23 @@ fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     }
 }
 
+/// Pending connections the kernel may queue for us: enough for thousands of
+/// clients reconnecting at once (the kernel caps it at `somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds with address reuse (a restarted server gets its port back at once)
+/// and a deep accept queue.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
 ///
 /// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
@@ -66,8 +83,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         recovered.head,
         recovered.acks.len()
     );
-    let listener = TcpListener::bind(SocketAddr::new(config.bind, config.port))
-        .await
+    let listener = listen(SocketAddr::new(config.bind, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
     let local = listener
         .local_addr()

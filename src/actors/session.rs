@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -29,6 +29,10 @@ use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, ToSess
 use super::registry::Registry;
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
 use crate::types::{ClientId, Seq};
+
+/// Smallest and largest room made for one socket read.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 
 /// Tunables of a session.
 #[derive(Clone, Debug)]
@@ -100,6 +104,8 @@ pub struct Session {
 
     reader: Option<OwnedReadHalf>,
     read_buf: BytesMut,
+    /// Bytes to make room for before the next read.
+    read_size: usize,
     /// A read future is under way.
     reading: bool,
 
@@ -140,6 +146,7 @@ impl Session {
             login: LoginState::None,
             reader: Some(reader),
             read_buf: BytesMut::new(),
+            read_size: MIN_READ,
             reading: false,
             writer: Some(writer),
             out: BytesMut::new(),
@@ -171,20 +178,41 @@ impl Session {
         if self.reading || self.read_paused() {
             return;
         }
-        let Some(mut reader) = self.reader.take() else {
+        let Some(reader) = self.reader.take() else {
             return;
         };
         let mut buf = std::mem::take(&mut self.read_buf);
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(if buf.capacity() < 4096 {
-                4096
-            } else {
-                buf.capacity()
-            });
-        }
+        let want = self.read_size;
         self.reading = true;
         async move {
-            let res = reader.read_buf(&mut buf).await;
+            // Wait for data before touching a buffer, and read small
+            // amounts through the stack: an idle connection holds no read
+            // buffer, and a short frame costs an allocation of its size, not
+            // of a whole buffer (which would fragment the heap).
+            let res = loop {
+                if let Err(e) = reader.readable().await {
+                    break Err(e);
+                }
+                let mut chunk = [0u8; MIN_READ];
+                match reader.try_read(&mut chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => break Err(e),
+                    Ok(n) if n < MIN_READ => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        break Ok(n);
+                    }
+                    Ok(n) => {
+                        // A burst: read on into a buffer of growing size.
+                        buf.reserve(want);
+                        buf.extend_from_slice(&chunk[..n]);
+                        match reader.try_read_buf(&mut buf) {
+                            Ok(m) => break Ok(n + m),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(n),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+            };
             (reader, buf, res)
         }
         .into_actor(self)
@@ -194,10 +222,16 @@ impl Session {
             act.read_buf = buf;
             match res {
                 Ok(0) => act.on_eof(ctx),
-                Ok(_) => {
+                Ok(n) => {
+                    // Grow the next read while reads fill the buffer; start
+                    // small again once the client pauses.
+                    act.read_size = if n >= act.read_size {
+                        (act.read_size * 2).min(MAX_READ)
+                    } else {
+                        MIN_READ
+                    };
                     act.decode_frames(ctx);
-                    if act.read_buf.is_empty() && act.read_buf.capacity() > 64 * 1024 {
-                        // Shrink back after a burst.
+                    if act.read_buf.is_empty() {
                         act.read_buf = BytesMut::new();
                     }
                     act.start_read(ctx);

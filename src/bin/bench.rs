@@ -1,13 +1,17 @@
-//! `bench`: a load generator for a running Herald server. See
-//! `bench --help` and docs/benchmarks.md.
+//! `bench`: a load generator for a running Herald server. Parses the
+//! command line and runs a workload from [`herald::bench`]; see
+//! docs/benchmarks.md.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use herald::bench::{catchup, durable, fill, fsync_rate, CatchupOpts, DurableOpts};
+use clap::{Parser, Subcommand, ValueEnum};
+use herald::bench::{self, CatchupOpts, LoadOpts};
 
-/// Measures a running Herald server over its own protocol connections.
+/// Measures a running Herald server over its own protocol connections. The
+/// server must allow the ids a workload uses (bench-0 …, bench-w, bench-r,
+/// idle-0 …) and should be fresh: a workload refuses to run when its ids
+/// have old messages pending.
 #[derive(Parser, Debug)]
 #[command(name = "bench", version, about)]
 struct Args {
@@ -17,14 +21,30 @@ struct Args {
     /// Server port.
     #[arg(long, default_value_t = 5000, global = true)]
     port: u16,
+    /// Print one JSON object per run instead of the human summary.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     workload: Workload,
 }
 
 #[derive(Subcommand, Debug)]
 enum Workload {
-    /// N senders (ids bench-0 … bench-N-1) each send M messages with at most
-    /// W unconfirmed; reports confirmed SENDs per second.
+    /// N clients (bench-0 …) online, each sends M messages with at most W
+    /// unconfirmed; every message reaches the N-1 others. Reports
+    /// deliveries/s, sends/s and end-to-end latency.
+    Fanout {
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        #[arg(long, default_value_t = 2_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// N senders (bench-0 …) each send M messages with at most W
+    /// unconfirmed; reports sustained confirmed SENDs per second.
     Durable {
         #[arg(long, default_value_t = 20)]
         senders: usize,
@@ -35,7 +55,7 @@ enum Workload {
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
-    /// bench-w sends K messages while bench-r is away, then bench-r logs in;
+    /// bench-w stores K messages while bench-r is away, then bench-r logs in;
     /// reports how long its backlog takes to arrive. `--phase fill` and
     /// `--phase drain` split the two, so the server can be restarted between
     /// them and the backlog comes from disk.
@@ -49,6 +69,15 @@ enum Workload {
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
+    /// C idle clients (idle-0 …) log in, then bench-0 broadcasts one
+    /// message; reports the time until all have it and, with --server-pid,
+    /// the server's memory per connection.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// The raw fsync rate of a directory's disk, 64 records of 100 bytes per
     /// fsync.
     Fsync {
@@ -60,93 +89,136 @@ enum Workload {
 }
 
 /// Which part of the catch-up workload to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Phase {
     Fill,
     Drain,
     Both,
 }
 
+fn emit(json: bool, value: serde_json::Value, human: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let addr = (args.server_ip.clone(), args.port);
+    let json = args.json;
+    match args.workload {
+        Workload::Fanout {
+            clients,
+            messages,
+            size,
+            window,
+        }
+        | Workload::Durable {
+            senders: clients,
+            messages,
+            size,
+            window,
+        } => {
+            let fanout = matches!(args.workload, Workload::Fanout { .. });
+            let opts = LoadOpts {
+                clients,
+                messages,
+                size,
+                window,
+                wait_deliveries: fanout,
+            };
+            let r = bench::load(&addr, opts).await?;
+            let name = if fanout { "fanout" } else { "durable" };
+            let human = format!(
+                "{name}: {clients} clients x {messages} msgs of {size} B, window {window}: \
+                 {:.0} deliveries/s, {:.0} sends/s in {:.3} s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                r.deliveries_per_sec,
+                r.sends_per_sec,
+                r.seconds,
+                r.latency_us_p50 as f64 / 1000.0,
+                r.latency_us_p99 as f64 / 1000.0,
+                r.latency_us_max as f64 / 1000.0
+            );
+            let mut value = serde_json::to_value(&r)?;
+            value["workload"] = name.into();
+            emit(json, value, human);
+        }
+        Workload::Catchup {
+            phase,
+            messages,
+            size,
+            window,
+        } => {
+            let opts = CatchupOpts {
+                messages,
+                size,
+                window,
+            };
+            if phase != Phase::Drain {
+                bench::fill(&addr, opts).await?;
+            }
+            if phase == Phase::Fill {
+                eprintln!("catchup: {messages} messages of {size} B stored for bench-r");
+                return Ok(());
+            }
+            let r = bench::drain(&addr, opts).await?;
+            let human = format!(
+                "catchup: {messages} msgs of {size} B drained in {:.3} s: {:.0} msgs/s",
+                r.seconds, r.msgs_per_sec
+            );
+            let mut value = serde_json::to_value(&r)?;
+            value["workload"] = "catchup".into();
+            emit(json, value, human);
+        }
+        Workload::Connections {
+            clients,
+            server_pid,
+        } => {
+            let r = bench::connections(&addr, clients, server_pid).await?;
+            let per = r.server_bytes_per_connection.map_or_else(
+                || "server memory not measured (no --server-pid)".to_owned(),
+                |b| format!("{b:.0} B of server memory each"),
+            );
+            let human = format!(
+                "connections: {clients} idle clients logged in in {:.2} s; broadcast reached all in {:.1} ms; {per}",
+                r.login_seconds, r.broadcast_ms
+            );
+            let mut value = serde_json::to_value(&r)?;
+            value["workload"] = "connections".into();
+            emit(json, value, human);
+        }
+        Workload::Fsync { dir, seconds } => {
+            let (n, secs) = bench::fsync_rate(&dir, Duration::from_secs_f64(seconds))?;
+            let rate = n as f64 / secs;
+            let human = format!(
+                "fsync: {rate:.0} fsyncs/s (64 x 100 B each) in {}",
+                dir.display()
+            );
+            emit(
+                json,
+                serde_json::json!({"workload": "fsync", "fsyncs_per_sec": rate, "dir": dir}),
+                human,
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
-    let addr = (args.server_ip.clone(), args.port);
-    let result = runtime.block_on(async move {
-        match args.workload {
-            Workload::Durable {
-                senders,
-                messages,
-                size,
-                window,
-            } => {
-                let r = durable(
-                    &addr,
-                    DurableOpts {
-                        senders,
-                        messages,
-                        size,
-                        window,
-                    },
-                )
-                .await?;
-                println!(
-                    "durable: {} senders x {} msgs of {} B, window {}: {:.0} confirmed sends/s ({:.3} s), {:.0} deliveries/s",
-                    senders,
-                    messages,
-                    size,
-                    window,
-                    r.sends as f64 / r.seconds,
-                    r.seconds,
-                    r.deliveries as f64 / r.seconds
-                );
-            }
-            Workload::Catchup {
-                phase,
-                messages,
-                size,
-                window,
-            } => {
-                let opts = CatchupOpts {
-                    messages,
-                    size,
-                    window,
-                };
-                if phase != Phase::Drain {
-                    fill(&addr, opts).await?;
-                }
-                if phase == Phase::Fill {
-                    println!("catchup: {messages} msgs of {size} B stored for bench-r");
-                    return anyhow::Ok(());
-                }
-                let r = catchup(&addr, opts).await?;
-                println!(
-                    "catchup: {} msgs of {} B drained in {:.3} s: {:.0} msgs/s",
-                    messages,
-                    size,
-                    r.seconds,
-                    messages as f64 / r.seconds
-                );
-            }
-            Workload::Fsync { dir, seconds } => {
-                let (n, secs) = fsync_rate(&dir, Duration::from_secs_f64(seconds))?;
-                println!(
-                    "fsync: {:.0} fsyncs/s ({} in {:.2} s, 64 x 100 B each) in {}",
-                    n as f64 / secs,
-                    n,
-                    secs,
-                    dir.display()
-                );
-            }
-        }
-        anyhow::Ok(())
-    });
+    let result = runtime.block_on(run(args));
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
