@@ -14,6 +14,11 @@
 # (a line in a file, a process gone) and fails the scenario after
 # $HERALD_SCENARIO_TIMEOUT seconds (default 20).
 
+if [[ -z ${EPOCHREALTIME:-} ]]; then
+    echo "the scenario scripts need bash 5 or later" >&2
+    exit 2
+fi
+
 SCENARIOS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(dirname "$SCENARIOS_DIR")
 # Longest any single wait may take, in seconds.
@@ -28,6 +33,7 @@ ID_LIST=$(IFS=,; echo "${SCENARIO_IDS[*]}") # 1,2,3
 
 TEST_NO='?'
 VERDICT=           # pass, skip or fail once decided
+SIGNAL=            # the signal that interrupted the script, if one did
 WORK=              # this run's temporary directory
 SERVER_BIN=
 CLIENT_BIN=
@@ -61,8 +67,8 @@ scenario_begin() {
     EXPECTED=$SCENARIOS_DIR/expected/test$TEST_NO
     START_US=$(now_us)
     trap on_exit EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    trap 'SIGNAL=SIGINT; exit 130' INT
+    trap 'SIGNAL=SIGTERM; exit 143' TERM
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/herald-test$TEST_NO.XXXXXX") || fail "cannot make a temporary directory"
     find_binaries
 }
@@ -108,7 +114,9 @@ on_exit() {
     local status=$?
     trap - EXIT INT TERM
     stop_everything
-    if [[ -z $VERDICT ]]; then
+    if [[ -n $SIGNAL ]]; then
+        echo "FAIL: test $TEST_NO: interrupted by $SIGNAL"
+    elif [[ -z $VERDICT ]]; then
         echo "FAIL: test $TEST_NO: stopped before the end (exit status $status)"
         ((status != 0)) || status=1
     fi
@@ -322,24 +330,32 @@ logged_in() {
     return 1
 }
 
-# wait_printed ID WHAT: waits until client ID has printed all it should.
+# wait_printed ID WHAT [SENDER]: waits until client ID has printed all it
+# should; WHAT says what for. While it waits, client ID and the client
+# SENDER, if given, must keep running.
 wait_printed() {
-    wait_for printed_all "$1" ||
+    wait_for printed_all "$1" "${3:-}" ||
         fail "client $1 printed $(lines_in "${CLIENT_OUT[$1]}") of ${EXPECT[$1]:-0} lines within ${WAIT_SECS}s (waiting for $2)" \
-            "${CLIENT_ERR[$1]}" "$SERVER_LOG"
+            "${CLIENT_ERR[$1]}" ${3:+"${CLIENT_ERR[$3]}"} "$SERVER_LOG"
 }
 
 printed_all() {
-    (($(lines_in "${CLIENT_OUT[$1]}") >= ${EXPECT[$1]:-0})) && return 0
-    kill -0 "${CLIENT_PID[$1]}" 2>/dev/null ||
-        fail "client $1 exited early" "${CLIENT_ERR[$1]}" "$SERVER_LOG"
+    local id printed
+    printed=$(lines_in "${CLIENT_OUT[$1]}") # empty if a Ctrl-C killed wc
+    ((${printed:-0} >= ${EXPECT[$1]:-0})) && return 0
+    for id in "$1" ${2:+"$2"}; do
+        kill -0 "${CLIENT_PID[$id]}" 2>/dev/null ||
+            fail "client $id exited early" "${CLIENT_ERR[$id]}" "$SERVER_LOG"
+    done
     return 1
 }
 
 # send ID COUNT: feeds client ID the next COUNT lines of its input file, then
 # waits until every other online client (but an unchecked one) printed them.
+# One such client at least must be online: it is what shows the lines are
+# stored, so that lines sent next come after them in the server's order.
 send() {
-    local id=$1 count=$2 line other delivered=0
+    local id=$1 count=$2 line other delivered=0 witnesses=0
     local -a block
     [[ -n ${FIFO_FD[$id]:-} ]] || fail "scenario error: client $id is not running"
     mapfile -t -s "${FED[$id]:-0}" -n "$count" block <"$INPUT/$id.in"
@@ -352,10 +368,12 @@ send() {
     for other in "${SCENARIO_IDS[@]}"; do
         [[ $other == "$id" ]] && continue
         EXPECT[$other]=$((${EXPECT[$other]:-0} + delivered))
-        [[ -n ${CLIENT_PID[$other]:-} ]] && ((${CHECKED[$other]:-0})) &&
-            wait_printed "$other" "line ${FED[$id]} of client $id"
+        if [[ -n ${CLIENT_PID[$other]:-} ]] && ((${CHECKED[$other]:-0})); then
+            wait_printed "$other" "line ${FED[$id]} of client $id" "$id"
+            witnesses=$((witnesses + 1))
+        fi
     done
-    return 0
+    ((witnesses > 0)) || fail "scenario error: no compared client is online to receive client $id's lines"
 }
 
 # logout ID...: ends the clients' stdin and waits until each has quit by
