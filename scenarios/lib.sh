@@ -132,11 +132,8 @@ on_exit() {
 # SIGTERM (they QUIT politely), the server SIGTERM; SIGKILL for whatever is
 # still there after a few seconds.
 stop_everything() {
-    local id fd pid
-    for id in "${!FIFO_FD[@]}"; do
-        fd=${FIFO_FD[$id]}
-        exec {fd}>&-
-    done
+    local pid
+    close_fifos
     FIFO_FD=()
     local pids=("${CLIENT_PID[@]}" ${SERVER_PID:+"$SERVER_PID"})
     ((${#pids[@]})) || return 0
@@ -198,12 +195,16 @@ find_binaries() {
 # our ends of the clients' FIFOs, so a client sees EOF as soon as we close
 # its FIFO.
 spawn() {
-    local id fd
-    for id in "${!FIFO_FD[@]}"; do
-        fd=${FIFO_FD[$id]}
+    close_fifos
+    exec "$@"
+}
+
+# Closes this shell's ends of all the clients' FIFOs.
+close_fifos() {
+    local fd
+    for fd in "${FIFO_FD[@]}"; do
         exec {fd}>&-
     done
-    exec "$@"
 }
 
 # listening HOST PORT: does something accept TCP connections there?
