@@ -4,8 +4,7 @@
 #   docker run --rm herald run_both_tests.sh --all
 #   docker run --rm -p 5000:5000 herald server --client-ids 1,2,3 --port 5000 --bind 0.0.0.0
 # The server's data lives in the volume /data (the working directory, so the
-# default --data-dir ./herald-data is /data/herald-data). Until the server has
-# its durable store, add --memory to the server command.
+# default --data-dir ./herald-data is /data/herald-data).
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs scenario tests 1 and 2, or with --all tests 1 to 4, one after the
 # other, and sums up on the last line: `N passed, M failed`. A skipped test
-# (test 4 without the durable store) counts as neither and is listed above
-# that line. Exits non-zero if any test failed.
+# counts as neither and is listed above that line. Exits non-zero if any test failed.
 #
 # usage: run_both_tests.sh [--all] [<port> [<server>]]
 # The port and server are passed to every test (see scenarios/run_test1.sh).

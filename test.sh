@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check the project has: formatting, lints, unit and integration tests.
+# Every check the project has: formatting, lints, unit and integration tests,
+# and the four end-to-end scenarios over the real binaries.
 # This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,3 +11,5 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== scenarios (the debug binaries cargo test just built)"
+HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" ./run_both_tests.sh --all

@@ -8,7 +8,6 @@
 # usage: run_test4.sh [<port> [<server>]]
 # This test always starts its own server, since it must kill it: on <port>,
 # or on a free port when a server already listens at <server>:<port>.
-# Until the server has its durable store it prints SKIP and exits 0.
 set -uo pipefail
 # shellcheck source=scenarios/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,12 +19,8 @@ if listening "$ARG_SERVER" "$port"; then
     port=0
 fi
 server_args=(--port "$port" --bind 127.0.0.1 --data-dir "$WORK/data" --client-ids "$ID_LIST")
-if ! start_server "${server_args[@]}"; then
-    if ((EXIT_STATUS == 1)) && [[ $(<"$SERVER_LOG") == *"durable store is not available"* ]]; then
-        skip "test 4 needs the durable store"
-    fi
+start_server "${server_args[@]}" ||
     fail "the server exited with status $EXIT_STATUS at start" "$SERVER_LOG"
-fi
 
 login 1
 login 2
