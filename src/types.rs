@@ -132,6 +132,31 @@ impl Message {
         }
     }
 
+    /// Like [`Message::new`], but encodes the frame in `buf`'s spare room:
+    /// messages built one after the other in a buffer with room for all of
+    /// them share one allocation (used when reading many from the store).
+    pub fn new_in(
+        buf: &mut bytes::BytesMut,
+        seq: Seq,
+        unix_ms: u64,
+        from: ClientId,
+        text: &[u8],
+    ) -> Message {
+        let need = crate::net::frame::msg_len_bound(&from, text);
+        if buf.capacity() - buf.len() < need {
+            buf.reserve(need.max(64 * 1024));
+        }
+        let (frame, text_start) =
+            crate::net::frame::encode_msg_into(buf, seq, unix_ms, &from, text);
+        Message {
+            seq,
+            unix_ms,
+            from,
+            frame,
+            text_start,
+        }
+    }
+
     /// The message's place in the global order.
     pub fn seq(&self) -> Seq {
         self.seq

@@ -82,7 +82,7 @@ impl Default for RegistryConfig {
             tail_messages: 100_000,
             tail_bytes: 16 * 1024 * 1024,
             max_batch: 4096,
-            read_chunk: 2048,
+            read_chunk: 4096,
             max_deliver: 1024,
             ack_flush_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(3),
@@ -310,7 +310,7 @@ impl Registry {
         let ids: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.welcomed && !s.reading && s.credit > 0 && s.cursor < self.head)
+            .filter(|(_, s)| s.welcomed && !s.reading && s.cursor < self.head)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -323,9 +323,16 @@ impl Registry {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        while s.welcomed && !s.reading && s.credit > 0 && s.cursor < self.head {
+        let window = self.config.session_window_bytes as i64;
+        while s.welcomed && !s.reading && s.cursor < self.head {
             if !self.tail.covers_after(s.cursor, self.head) {
-                // Behind the tail: read the next chunk from the store.
+                // Behind the tail: read the next chunk from the store. Reads
+                // run ahead of the socket by up to one window, so the disk
+                // and the socket work at the same time while a reader
+                // catches up (at most a window and two chunks queued).
+                if s.credit <= -window {
+                    return;
+                }
                 s.reading = true;
                 let upto = self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1));
                 let read = ReadAfter {
@@ -338,6 +345,9 @@ impl Registry {
                     .into_actor(self)
                     .map(move |res, act, ctx| act.on_read(sid, upto, res, ctx))
                     .spawn(ctx);
+                return;
+            }
+            if s.credit <= 0 {
                 return;
             }
             let mut batch = Vec::new();

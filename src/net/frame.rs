@@ -539,18 +539,36 @@ fn put_u64(dst: &mut BytesMut, n: u64) {
 /// Encodes `MSG <seq> <unix_ms> <from> <text>\n` and returns it with the
 /// offset at which the text starts.
 pub fn encode_msg(seq: Seq, unix_ms: u64, from: &ClientId, text: &[u8]) -> (Bytes, usize) {
-    let mut dst = BytesMut::with_capacity(4 + 21 + 21 + from.as_str().len() + 1 + text.len() + 1);
+    let mut dst = BytesMut::with_capacity(msg_len_bound(from, text));
+    encode_msg_into(&mut dst, seq, unix_ms, from, text)
+}
+
+/// An upper bound of the length of a `MSG` frame.
+pub fn msg_len_bound(from: &ClientId, text: &[u8]) -> usize {
+    4 + 21 + 21 + from.as_str().len() + 1 + text.len() + 1
+}
+
+/// Like [`encode_msg`], but appends the frame to `dst` and splits it off,
+/// so many frames can share one allocation when `dst` has room for them.
+pub fn encode_msg_into(
+    dst: &mut BytesMut,
+    seq: Seq,
+    unix_ms: u64,
+    from: &ClientId,
+    text: &[u8],
+) -> (Bytes, usize) {
+    debug_assert!(dst.is_empty());
     dst.put_slice(b"MSG ");
-    put_u64(&mut dst, seq.0);
+    put_u64(dst, seq.0);
     dst.put_u8(b' ');
-    put_u64(&mut dst, unix_ms);
+    put_u64(dst, unix_ms);
     dst.put_u8(b' ');
     dst.put_slice(from.as_str().as_bytes());
     dst.put_u8(b' ');
     let text_start = dst.len();
     dst.put_slice(text);
     dst.put_u8(b'\n');
-    (dst.freeze(), text_start)
+    (dst.split().freeze(), text_start)
 }
 
 #[cfg(test)]

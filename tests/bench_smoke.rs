@@ -1,0 +1,156 @@
+//! Smoke runs of every `bench` workload at tiny sizes: they check that the
+//! load generator completes and that what it counted is complete, not
+//! speed (benchmarks are never timed assertions).
+
+mod common;
+
+use std::process::Command;
+
+use common::Server;
+
+fn ids() -> String {
+    let mut ids: Vec<String> = (0..4).map(|i| format!("bench-{i}")).collect();
+    ids.extend((0..20).map(|i| format!("idle-{i}")));
+    ids.push("bench-w".into());
+    ids.push("bench-r".into());
+    ids.join(",")
+}
+
+fn bench(port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--port", &port.to_string(), "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+#[test]
+fn fanout_counts_every_delivery() {
+    let s = Server::start(&["--memory", "--client-ids", &ids()]);
+    let r = bench(
+        s.port,
+        &[
+            "fanout",
+            "--clients",
+            "4",
+            "--messages",
+            "50",
+            "--window",
+            "8",
+        ],
+    );
+    assert_eq!(r["workload"], "fanout");
+    assert_eq!(r["sends"], 200);
+    assert_eq!(r["deliveries"], 4 * 3 * 50);
+    assert!(r["latency_us_p99"].as_u64().unwrap() >= r["latency_us_p50"].as_u64().unwrap());
+}
+
+#[test]
+fn durable_confirms_every_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&[
+        "--client-ids",
+        &ids(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let r = bench(s.port, &["durable", "--senders", "3", "--messages", "40"]);
+    assert_eq!(r["workload"], "durable");
+    assert_eq!(r["sends"], 120);
+}
+
+#[test]
+fn catchup_drains_the_whole_backlog_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = Server::start(&["--client-ids", &ids(), "--data-dir", data]);
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--port",
+            &s.port.to_string(),
+            "catchup",
+            "--phase",
+            "fill",
+            "--messages",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(s);
+    let s = Server::start(&["--client-ids", &ids(), "--data-dir", data]);
+    let r = bench(
+        s.port,
+        &["catchup", "--phase", "drain", "--messages", "500"],
+    );
+    assert_eq!(r["workload"], "catchup");
+    assert_eq!(r["opts"]["messages"], 500);
+}
+
+#[test]
+fn connections_reach_every_idle_client() {
+    let s = Server::start(&["--memory", "--client-ids", &ids()]);
+    let pid = s.child.id().to_string();
+    let r = bench(
+        s.port,
+        &["connections", "--clients", "20", "--server-pid", &pid],
+    );
+    assert_eq!(r["workload"], "connections");
+    assert_eq!(r["connections"], 20);
+    assert!(r["server_bytes_per_connection"].is_number());
+}
+
+#[test]
+fn a_bench_that_finds_old_messages_refuses_to_report() {
+    let s = Server::start(&["--memory", "--client-ids", &ids()]);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (mut c, _) = s.login("bench-0").await;
+            c.send("SEND left over").await;
+            assert_eq!(c.line().await, "SENT 1");
+        });
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--port",
+            &s.port.to_string(),
+            "fanout",
+            "--clients",
+            "2",
+            "--messages",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fresh server"));
+}
+
+#[test]
+fn fsync_reports_a_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = bench(
+        0,
+        &[
+            "fsync",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--seconds",
+            "0.1",
+        ],
+    );
+    assert!(r["fsyncs_per_sec"].as_f64().unwrap() > 0.0);
+}
