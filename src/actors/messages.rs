@@ -36,6 +36,10 @@ pub enum ToSession {
         id: ClientId,
         /// Backlog size.
         pending: u64,
+        /// Frame bytes the registry may have pushed and not had back as
+        /// [`Credit`]: the session returns credit before the registry runs
+        /// low, and not for every write.
+        window: usize,
     },
     /// Messages to write, in seq order. Their frame bytes count against the
     /// session's credit until it returns them with [`Credit`].

@@ -416,6 +416,7 @@ impl Registry {
         s.to.do_send(ToSession::Welcome {
             id: s.id.clone(),
             pending,
+            window: self.config.session_window_bytes,
         });
         self.pump(sid, ctx);
     }

@@ -114,6 +114,12 @@ pub struct Session {
     out: BytesMut,
     /// Bytes of `out` that are delivered `MSG` frames (credit to return).
     out_msg_bytes: usize,
+    /// The registry's credit window for this session (from `WELCOME`).
+    window: usize,
+    /// Delivered bytes the registry has not had back as credit yet, and of
+    /// those, the ones already written.
+    unreturned: usize,
+    written_unreturned: usize,
     /// The buffer of the finished write, kept to be reused.
     spare: BytesMut,
     writing: bool,
@@ -151,6 +157,9 @@ impl Session {
             writer: Some(writer),
             out: BytesMut::new(),
             out_msg_bytes: 0,
+            window: 0,
+            unreturned: 0,
+            written_unreturned: 0,
             spare: BytesMut::new(),
             writing: false,
             write_closed: false,
@@ -433,11 +442,17 @@ impl Session {
                 ctx.stop();
                 return;
             }
-            if credit > 0 {
+            act.written_unreturned += credit;
+            // Hand written bytes back only once the registry's credit for
+            // us is down to half the window: an idle broadcast then costs
+            // one message, not two.
+            if act.written_unreturned > 0 && act.unreturned * 2 >= act.window {
                 act.registry.do_send(Credit {
                     session: act.id,
-                    bytes: credit,
+                    bytes: act.written_unreturned,
                 });
+                act.unreturned -= act.written_unreturned;
+                act.written_unreturned = 0;
             }
             act.flush(ctx);
             act.start_read(ctx);
@@ -506,7 +521,12 @@ impl Handler<ToSession> for Session {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Welcome { id, pending } => {
+            ToSession::Welcome {
+                id,
+                pending,
+                window,
+            } => {
+                self.window = window;
                 self.login = LoginState::In(id.clone());
                 self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
             }
@@ -517,6 +537,7 @@ impl Handler<ToSession> for Session {
                 for m in &messages {
                     self.out.extend_from_slice(m.frame());
                     self.out_msg_bytes += m.frame().len();
+                    self.unreturned += m.frame().len();
                 }
                 if let Some(last) = messages.last() {
                     self.highest_delivered = last.seq();
