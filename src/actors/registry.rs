@@ -162,6 +162,39 @@ impl Tail {
     }
 }
 
+/// Pushes `s` the messages after its cursor that the tail holds, while it
+/// has credit, in pushes of at most `max_deliver`. Returns whether it is
+/// still behind and the next messages are only in the store.
+fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) -> bool {
+    while s.welcomed && !s.reading && s.cursor < head {
+        if !tail.covers_after(s.cursor, head) {
+            return true;
+        }
+        if s.credit <= 0 {
+            return false;
+        }
+        let mut batch = Vec::with_capacity(((head.0 - s.cursor.0) as usize).min(max_deliver));
+        let mut bytes = 0i64;
+        let mut last = s.cursor;
+        for m in tail.after(s.cursor) {
+            if batch.len() >= max_deliver || bytes >= s.credit {
+                break;
+            }
+            last = m.seq();
+            if m.from() != &s.id {
+                bytes += m.frame().len() as i64;
+                batch.push(m.clone());
+            }
+        }
+        s.cursor = last;
+        if !batch.is_empty() {
+            s.credit -= bytes;
+            s.to.do_send(ToSession::Deliver(batch));
+        }
+    }
+    false
+}
+
 /// The registry actor. Start it on an arbiter of its own.
 pub struct Registry {
     config: RegistryConfig,
@@ -306,15 +339,18 @@ impl Registry {
         }
     }
 
+    /// Pumps every session after new messages were stored. Sessions served
+    /// from the tail are handled in one pass; only those that fell behind
+    /// it go through [`Registry::pump`] to start a store read.
     fn pump_all(&mut self, ctx: &mut Context<Self>) {
-        let ids: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.welcomed && !s.reading && s.cursor < self.head)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.pump(id, ctx);
+        let mut behind = Vec::new();
+        for (sid, s) in self.sessions.iter_mut() {
+            if push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
+                behind.push(*sid);
+            }
+        }
+        for sid in behind {
+            self.pump(sid, ctx);
         }
     }
 
@@ -323,52 +359,28 @@ impl Registry {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let window = self.config.session_window_bytes as i64;
-        while s.welcomed && !s.reading && s.cursor < self.head {
-            if !self.tail.covers_after(s.cursor, self.head) {
-                // Behind the tail: read the next chunk from the store. Reads
-                // run ahead of the socket by up to one window, so the disk
-                // and the socket work at the same time while a reader
-                // catches up (at most a window and two chunks queued).
-                if s.credit <= -window {
-                    return;
-                }
-                s.reading = true;
-                let upto = self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1));
-                let read = ReadAfter {
-                    after: s.cursor,
-                    upto,
-                    max: self.config.read_chunk,
-                };
-                self.store
-                    .send(read)
-                    .into_actor(self)
-                    .map(move |res, act, ctx| act.on_read(sid, upto, res, ctx))
-                    .spawn(ctx);
-                return;
-            }
-            if s.credit <= 0 {
-                return;
-            }
-            let mut batch = Vec::new();
-            let mut bytes = 0i64;
-            let mut last = s.cursor;
-            for m in self.tail.after(s.cursor) {
-                if batch.len() >= self.config.max_deliver || bytes >= s.credit {
-                    break;
-                }
-                last = m.seq();
-                if m.from() != &s.id {
-                    bytes += m.frame().len() as i64;
-                    batch.push(m.clone());
-                }
-            }
-            s.cursor = last;
-            if !batch.is_empty() {
-                s.credit -= bytes;
-                s.to.do_send(ToSession::Deliver(batch));
-            }
+        if !push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
+            return;
         }
+        // Behind the tail: read the next chunk from the store. Reads run
+        // ahead of the socket by up to one window, so the disk and the socket
+        // work at the same time while a reader catches up (at most a window
+        // and two chunks queued).
+        if s.credit <= -(self.config.session_window_bytes as i64) {
+            return;
+        }
+        s.reading = true;
+        let upto = self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1));
+        let read = ReadAfter {
+            after: s.cursor,
+            upto,
+            max: self.config.read_chunk,
+        };
+        self.store
+            .send(read)
+            .into_actor(self)
+            .map(move |res, act, ctx| act.on_read(sid, upto, res, ctx))
+            .spawn(ctx);
     }
 
     fn on_read(
