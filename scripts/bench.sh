@@ -39,7 +39,7 @@ for ((i = 0; i < 10000; i++)); do ids+=",idle-$i"; done
 start_server() {
     if [ "${1:-}" = --keep ]; then shift; else rm -rf "$work/data"; fi
     : >"$work/out"
-    RUST_LOG=warn "$BIN/server" --bind 127.0.0.1 --port 0 --client-ids "$ids" "$@" >"$work/out" 2>>"$work/err" &
+    RUST_LOG=warn "$BIN/server" --bind 127.0.0.1 --port 0 --max-connections 20000 --client-ids "$ids" "$@" >"$work/out" 2>>"$work/err" &
     server_pid=$!
     for ((t = 0; t < 400; t++)); do
         line=$(head -n1 "$work/out")

@@ -413,27 +413,6 @@ pub async fn drain(addr: &Addr, opts: CatchupOpts) -> anyhow::Result<CatchupRepo
     })
 }
 
-/// Raises this process's open-file limit to its hard limit.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(lim.rlim_cur)
-}
-
 fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read the memory of process {pid}"))?;
@@ -453,7 +432,7 @@ pub async fn connections(
     count: usize,
     server_pid: Option<u32>,
 ) -> anyhow::Result<ConnectionsReport> {
-    let limit = raise_fd_limit().context("cannot raise the open-file limit")?;
+    let limit = crate::cli::raise_fd_limit().context("cannot raise the open-file limit")?;
     ensure!(
         (count as u64) + 64 < limit,
         "{count} connections need more than the open-file limit {limit}"

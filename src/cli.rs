@@ -1,5 +1,5 @@
-//! Process-level helpers shared by the binaries: argument spelling and
-//! stop signals.
+//! Process-level helpers shared by the binaries: argument spelling, stop
+//! signals, the open-file limit.
 
 use std::ffi::OsString;
 
@@ -58,6 +58,27 @@ fn rewrite(arg: &str, longs: &[String]) -> Option<String> {
         Some(v) => format!("--{hyphenated}={v}"),
         None => format!("--{hyphenated}"),
     })
+}
+
+/// Raises this process's open-file limit to its hard limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -50,6 +50,9 @@ const MAX_UNCONFIRMED: usize = 1024;
 const ACK_EVERY: u64 = 256;
 /// How long acks may wait to be batched.
 const ACK_DELAY: Duration = Duration::from_millis(20);
+/// How often the client pings, so a server's idle timeout (300 s by
+/// default) never closes a client that is merely quiet.
+const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long to wait for `BYE` after `QUIT`.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 
@@ -107,6 +110,8 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
     let signal = crate::cli::shutdown_signal();
     tokio::pin!(signal);
     let far = Duration::from_secs(86_400);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let outcome = loop {
         let idle_at = match config.exit_when_idle {
@@ -224,6 +229,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
             }
             _ = tokio::time::sleep_until(idle_at), if config.exit_when_idle.is_some() => {
                 quit(&send, printed, &mut acked, &mut quit_deadline);
+            }
+            _ = ping.tick(), if quit_deadline.is_none() => {
+                send(ClientFrame::Ping { token: None });
             }
             _ = &mut signal, if quit_deadline.is_none() => {
                 quit(&send, printed, &mut acked, &mut quit_deadline);

@@ -4,6 +4,12 @@
 //! Data flows one way: socket → [`net`] codec → [`actors::Session`] →
 //! [`actors::Registry`] → [`store`], and back out to sessions.
 
+// No panics on input or I/O paths: errors are values. Tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod actors;
 pub mod bench;
 pub mod cli;

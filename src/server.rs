@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::actors::messages::Shutdown;
-use crate::actors::{Registry, RegistryConfig, Session, SessionConfig};
+use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
 use crate::store::{MemoryStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
@@ -46,12 +46,54 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Threads that run sessions (0: one per core).
     pub session_threads: usize,
+    /// Connections served at once; more are refused with `BYE limit`.
+    pub max_connections: usize,
 }
 
 fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     match config {
         StorageConfig::Memory => Ok(Box::new(MemoryStore::new())),
         StorageConfig::Durable { dir, sync } => Ok(Box::new(SqliteStore::open(dir, *sync)?)),
+    }
+}
+
+/// Says `ERR LIMIT` and `BYE limit` to a connection over the limit and
+/// closes it: sends FIN, then reads and drops whatever the client still
+/// sends until it closes too, so our close is not a reset that could destroy
+/// the two lines (giving up after a second).
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bye = b"ERR LIMIT too many connections\nBYE limit\n";
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(bye).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 512];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Logs refused connections at most once every ten seconds.
+#[derive(Default)]
+struct RefusalLog {
+    refused: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, max: usize) {
+        self.refused += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            log::warn!(
+                "refusing connections: {max} are open (--max-connections); {} refused so far",
+                self.refused
+            );
+            self.last = Some(std::time::Instant::now());
+        }
     }
 }
 
@@ -117,12 +159,27 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.client_ids.len()
     );
 
+    match crate::cli::raise_fd_limit() {
+        Ok(limit) if (limit as usize) < config.max_connections + 64 => log::warn!(
+            "the open-file limit ({limit}) is below --max-connections ({}) plus room for the store",
+            config.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut refusals = RefusalLog::default();
     let mut next = 0usize;
     let session_config = config.session.clone();
     let accept_registry = registry.clone();
     accept_loop(
         listener,
         |stream| {
+            let Some(slot) = ConnectionSlot::take(&open, config.max_connections) else {
+                refusals.refused(config.max_connections);
+                actix_rt::spawn(refuse(stream));
+                return;
+            };
             let std_stream = match stream.into_std() {
                 Ok(s) => s,
                 Err(e) => {
@@ -136,7 +193,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             next = next.wrapping_add(1);
             worker.spawn_fn(move || match tokio::net::TcpStream::from_std(std_stream) {
                 Ok(stream) => {
-                    Session::new(stream, registry, config).start();
+                    Session::new(stream, registry, config).counted(slot).start();
                 }
                 Err(e) => log::warn!("cannot register a connection: {e}"),
             });

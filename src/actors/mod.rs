@@ -7,4 +7,4 @@ pub mod session;
 
 pub use messages::{SessionId, ToSession};
 pub use registry::{Registry, RegistryConfig, Retain};
-pub use session::{Session, SessionConfig};
+pub use session::{ConnectionSlot, Session, SessionConfig};

@@ -45,6 +45,11 @@ pub struct SessionConfig {
     pub max_queued_reply_bytes: usize,
     /// How long a closing session waits for its last bytes to be written.
     pub close_grace: Duration,
+    /// A connection that has not sent `LOGIN` within this is closed.
+    pub login_timeout: Option<Duration>,
+    /// A logged-in connection that sent nothing for this long is closed
+    /// with `BYE idle`.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -54,7 +59,35 @@ impl Default for SessionConfig {
             max_unanswered_sends: 1024,
             max_queued_reply_bytes: 256 * 1024,
             close_grace: Duration::from_secs(5),
+            login_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(300)),
         }
+    }
+}
+
+/// One open connection in the server's count; gives its place back when
+/// dropped (with the session).
+#[derive(Debug)]
+pub struct ConnectionSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ConnectionSlot {
+    /// Takes a place in `open` if fewer than `max` are taken.
+    pub fn take(
+        open: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        max: usize,
+    ) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ConnectionSlot(open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -132,6 +165,10 @@ pub struct Session {
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
     acked: Seq,
+    /// When the client last sent anything.
+    last_input: std::time::Instant,
+    /// Counts this connection among the open ones while it lives.
+    _counted: Option<ConnectionSlot>,
     /// Closing: no new frames are handled; once every owed answer is
     /// written the write side is shut down.
     closing: bool,
@@ -168,6 +205,51 @@ impl Session {
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
             closing: false,
+            last_input: std::time::Instant::now(),
+            _counted: None,
+        }
+    }
+
+    /// Counts this session among the open connections until it ends.
+    pub fn counted(mut self, slot: ConnectionSlot) -> Session {
+        self._counted = Some(slot);
+        self
+    }
+
+    /// Closes a connection that has not logged in in time.
+    fn login_deadline(&mut self, ctx: &mut Context<Self>) {
+        if self.login != LoginState::None || self.closing {
+            return;
+        }
+        log::info!("{}: no LOGIN in time; closing", self.peer());
+        ServerFrame::Err(FrameError::new(ErrorCode::Limit, "no LOGIN in time"))
+            .encode(&mut self.out);
+        ServerFrame::Bye {
+            reason: ByeReason::Limit,
+        }
+        .encode(&mut self.out);
+        self.drop_owed_answers();
+        self.begin_close(ctx);
+    }
+
+    /// Closes a logged-in connection that has been silent for too long. A
+    /// connection whose reading we paused ourselves is not silent.
+    fn idle_check(&mut self, idle: Duration, ctx: &mut Context<Self>) {
+        if self.closing || !matches!(self.login, LoginState::In(_)) {
+            return;
+        }
+        if self.read_paused() {
+            self.last_input = std::time::Instant::now();
+            return;
+        }
+        if self.last_input.elapsed() >= idle {
+            log::info!("{}: silent for {idle:?}; closing", self.peer());
+            ServerFrame::Bye {
+                reason: ByeReason::Idle,
+            }
+            .encode(&mut self.out);
+            self.drop_owed_answers();
+            self.begin_close(ctx);
         }
     }
 
@@ -232,6 +314,7 @@ impl Session {
             match res {
                 Ok(0) => act.on_eof(ctx),
                 Ok(n) => {
+                    act.last_input = std::time::Instant::now();
                     // Grow the next read while reads fill the buffer; start
                     // small again once the client pauses.
                     act.read_size = if n >= act.read_size {
@@ -507,6 +590,13 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         log::info!("connection from {}", self.peer());
+        if let Some(t) = self.config.login_timeout {
+            ctx.run_later(t, |act, ctx| act.login_deadline(ctx));
+        }
+        if let Some(idle) = self.config.idle_timeout {
+            let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            ctx.run_interval(every, move |act, ctx| act.idle_check(idle, ctx));
+        }
         self.start_read(ctx);
     }
 

@@ -2,6 +2,8 @@
 //! command line and runs a workload from [`herald::bench`]; see
 //! docs/benchmarks.md.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

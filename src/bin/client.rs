@@ -1,6 +1,8 @@
 //! `client`: a line-oriented Herald chat client. Parses the command line and
 //! runs [`herald::client::run`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

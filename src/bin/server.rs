@@ -1,6 +1,8 @@
 //! `server`: the Herald broker. Parses the command line and runs
 //! [`herald::server::run`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,9 +56,27 @@ struct Args {
     #[arg(long, default_value = "all", value_name = "all|N")]
     retain: herald::actors::Retain,
 
+    /// Connections served at once; more get `ERR LIMIT` and `BYE limit`.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Seconds a new connection has to send LOGIN (0: no limit).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    login_timeout: u64,
+
+    /// Seconds a logged-in connection may stay silent (not even PING)
+    /// before it gets `BYE idle` (0: no limit).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    idle_timeout: u64,
+
     /// Longest accepted frame in bytes, newline excluded.
     #[arg(long, default_value_t = herald::net::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     max_frame_bytes: u64,
+}
+
+/// Seconds from the command line; 0 means no limit.
+fn secs(n: u64) -> Option<std::time::Duration> {
+    (n > 0).then(|| std::time::Duration::from_secs(n))
 }
 
 fn parse_client_id(s: &str) -> Result<ClientId, String> {
@@ -90,8 +110,11 @@ fn main() -> ExitCode {
         },
         session: herald::actors::SessionConfig {
             max_frame_bytes: args.max_frame_bytes as usize,
+            login_timeout: secs(args.login_timeout),
+            idle_timeout: secs(args.idle_timeout),
             ..Default::default()
         },
+        max_connections: args.max_connections,
         session_threads: 0,
     };
     match actix_rt::System::new().block_on(herald::server::run(config)) {

@@ -153,6 +153,13 @@ impl Conn {
         self.writer.write_all(b"\n").await.unwrap();
     }
 
+    /// Writes one frame, reporting instead of panicking when the server has
+    /// already closed the connection.
+    pub async fn try_send(&mut self, frame: &str) -> bool {
+        let line = format!("{frame}\n");
+        self.writer.write_all(line.as_bytes()).await.is_ok()
+    }
+
     /// Writes raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.unwrap();
