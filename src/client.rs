@@ -4,13 +4,21 @@
 //! Every non-empty stdin line is sent as one message; every received message
 //! is printed as `<from>: <text>` and acknowledged once printed, so a
 //! restarted client neither loses nor repeats a line. Status goes to stderr.
+//!
+//! When the connection drops or the server restarts, the client reconnects
+//! by itself (capped exponential backoff with jitter), logs in again and
+//! resends every line whose `SENT` it has not seen, in order, with the same
+//! message id (`@mid=…`), so a broker that remembers mids stores it once. A
+//! line is forgotten only once its `SENT` (or a refusal) came back, and a
+//! message whose seq was printed already is not printed again.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Stdin};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -31,6 +39,8 @@ pub struct ClientConfig {
     /// After stdin ends and every line is confirmed, quit once no message
     /// arrived for this long.
     pub exit_when_idle: Option<Duration>,
+    /// Reconnect when the connection drops (after a first successful login).
+    pub reconnect: bool,
 }
 
 /// How a client run ended.
@@ -40,11 +50,12 @@ pub enum Outcome {
     Quit,
     /// The server refused the login; the text is its reason.
     Refused(String),
-    /// The server ended the connection (`BYE <reason>`, or it vanished).
+    /// The server ended the connection (`BYE <reason>`, or it vanished)
+    /// and the client does not reconnect.
     Closed(String),
 }
 
-/// Lines read ahead of their `SENT` before stdin is read further.
+/// Lines read from stdin and not yet confirmed, at most.
 const MAX_UNCONFIRMED: usize = 1024;
 /// Printed messages after which an `ACK` goes out without waiting.
 const ACK_EVERY: u64 = 256;
@@ -55,6 +66,43 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long to wait for `BYE` after `QUIT`.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// Reconnection delays: the first, and the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A line waiting for its `SENT`.
+struct Line {
+    mid: String,
+    text: Bytes,
+}
+
+/// What outlives a connection.
+struct State {
+    stdin: BufReader<Stdin>,
+    stdin_open: bool,
+    /// A stdin line being read (kept across reconnections: a read
+    /// interrupted by another event leaves its bytes here).
+    line: Vec<u8>,
+    /// Successful logins so far.
+    logins: u64,
+    /// Lines sent (or to send after a reconnect) whose `SENT` is not back.
+    unconfirmed: VecDeque<Line>,
+    /// Highest seq printed, across connections.
+    printed: Seq,
+    /// Prefix of this process's message ids, and the next number.
+    mid_prefix: String,
+    next_mid: u64,
+    /// When the last message or stdin line came (for `--exit-when-idle`).
+    last_activity: Instant,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The run is over.
+    Done(Outcome),
+    /// The connection is gone; the run may go on with a new one.
+    Lost(String),
+}
 
 /// Writes frames to the socket from a queue, so reading never waits on a
 /// write (the server may pause reading while its answers are unread).
@@ -77,12 +125,96 @@ async fn writer(
     let _ = sock.shutdown().await;
 }
 
+/// A message id unique across this client's restarts: the clock and the
+/// process id, then a counter.
+fn mid_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}.{:x}", nanos, std::process::id())
+}
+
+/// The delay before reconnection attempt `n` (0-based): doubling from
+/// 100 ms up to 5 s, each randomised to between half and all of it.
+fn backoff(n: u32) -> Duration {
+    let full = BACKOFF_FIRST
+        .saturating_mul(1u32 << n.min(16))
+        .min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+    full.mul_f64(jitter)
+}
+
 /// Connects, logs in and chats until stdin and the server are done (or a
-/// signal arrives); see the module docs.
+/// signal arrives), reconnecting when the connection drops; see the module
+/// docs.
 pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
-    let stream = TcpStream::connect((config.server.as_str(), config.port))
-        .await
-        .with_context(|| format!("cannot connect to {}:{}", config.server, config.port))?;
+    let mut state = State {
+        stdin: BufReader::new(tokio::io::stdin()),
+        stdin_open: true,
+        line: Vec::new(),
+        logins: 0,
+        unconfirmed: VecDeque::new(),
+        printed: Seq::ZERO,
+        mid_prefix: mid_prefix(),
+        next_mid: 0,
+        last_activity: Instant::now(),
+    };
+    let signal = crate::cli::shutdown_signal();
+    tokio::pin!(signal);
+    let mut attempt = 0u32;
+    loop {
+        let ever_logged_in = state.logins > 0;
+        let stream = match TcpStream::connect((config.server.as_str(), config.port)).await {
+            Ok(s) => s,
+            Err(e) if !ever_logged_in => {
+                return Err(e).with_context(|| {
+                    format!("cannot connect to {}:{}", config.server, config.port)
+                })
+            }
+            Err(e) => {
+                let wait = backoff(attempt);
+                eprintln!(
+                    "cannot reconnect ({e}); trying again in {} ms",
+                    wait.as_millis()
+                );
+                attempt += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = &mut signal => return Ok(Outcome::Quit),
+                }
+            }
+        };
+        let logins = state.logins;
+        match chat(&config, &mut state, stream, &mut signal).await? {
+            Ended::Done(outcome) => return Ok(outcome),
+            Ended::Lost(reason) if config.reconnect && state.logins > 0 => {
+                if state.logins > logins {
+                    // That connection worked: start the backoff afresh.
+                    attempt = 0;
+                }
+                let wait = backoff(attempt);
+                eprintln!("{reason}; reconnecting in {} ms", wait.as_millis());
+                attempt += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut signal => return Ok(Outcome::Quit),
+                }
+            }
+            Ended::Lost(reason) => return Ok(Outcome::Closed(reason)),
+        }
+    }
+}
+
+/// One connection: log in, resend what is unconfirmed, then chat.
+async fn chat(
+    config: &ClientConfig,
+    state: &mut State,
+    stream: TcpStream,
+    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Ended> {
     let _ = stream.set_nodelay(true);
     let (mut sock_in, sock_out) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -94,41 +226,52 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
         id: config.id.clone(),
         secret: None,
     });
+    // Lines that were never confirmed go again, in order, with their mids.
+    for line in &state.unconfirmed {
+        send(send_frame(line));
+    }
 
     let mut codec = ClientCodec::default();
     let mut read_buf = BytesMut::with_capacity(8192);
-    let mut stdin = BufReader::new(tokio::io::stdin());
-    let mut line = Vec::new();
-    let mut stdin_open = true;
     let mut welcomed = false;
-    let mut unconfirmed = 0usize;
-    let mut printed = Seq::ZERO;
+    // Highest seq received on this connection: what may be acknowledged.
+    let mut received = Seq::ZERO;
     let mut acked = Seq::ZERO;
-    let mut last_activity = Instant::now();
     let mut quit_deadline: Option<Instant> = None;
     let mut ack_deadline: Option<Instant> = None;
-    let signal = crate::cli::shutdown_signal();
-    tokio::pin!(signal);
     let far = Duration::from_secs(86_400);
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let outcome = loop {
+    let ended = loop {
         let idle_at = match config.exit_when_idle {
             Some(idle)
-                if !stdin_open && unconfirmed == 0 && welcomed && quit_deadline.is_none() =>
+                if !state.stdin_open
+                    && state.unconfirmed.is_empty()
+                    && welcomed
+                    && quit_deadline.is_none() =>
             {
-                last_activity + idle
+                state.last_activity + idle
             }
             _ => Instant::now() + far,
         };
         tokio::select! {
             res = sock_in.read_buf(&mut read_buf) => {
-                let n = res.context("connection to the server failed")?;
+                let n = match res {
+                    Ok(n) => n,
+                    Err(e) => break Ended::Lost(format!("connection to the server failed: {e}")),
+                };
                 let mut done = None;
                 loop {
                     let item = if n == 0 { codec.decode_eof(&mut read_buf) } else { codec.decode(&mut read_buf) };
-                    let Some(item) = item.context("reading from the server failed")? else { break };
+                    let item = match item {
+                        Ok(Some(item)) => item,
+                        Ok(None) => break,
+                        Err(e) => {
+                            done = Some(Ended::Lost(format!("reading from the server failed: {e}")));
+                            break;
+                        }
+                    };
                     let frame = match item {
                         Ok(f) => f,
                         Err(e) => {
@@ -136,14 +279,16 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
                             continue;
                         }
                     };
-                    last_activity = Instant::now();
+                    state.last_activity = Instant::now();
                     match frame {
                         ServerFrame::Welcome { id, pending } => {
                             welcomed = true;
+                            state.logins += 1;
                             eprintln!("logged in as {id}; {pending} message(s) waiting");
                         }
                         ServerFrame::Msg { seq, from, text, .. } => {
-                            if seq > printed {
+                            received = received.max(seq);
+                            if seq > state.printed {
                                 let mut out = std::io::stdout().lock();
                                 out.write_all(from.as_str().as_bytes())
                                     .and_then(|_| out.write_all(b": "))
@@ -151,54 +296,66 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
                                     .and_then(|_| out.write_all(b"\n"))
                                     .and_then(|_| out.flush())
                                     .context("cannot write to stdout")?;
-                                printed = seq;
+                                state.printed = seq;
                             }
                         }
-                        ServerFrame::Sent { .. } => unconfirmed = unconfirmed.saturating_sub(1),
+                        ServerFrame::Sent { .. } => {
+                            state.unconfirmed.pop_front();
+                        }
                         ServerFrame::Pong { .. } => {}
                         ServerFrame::Err(e) => {
                             if !welcomed {
-                                done = Some(Outcome::Refused(format!("{} {}", e.code, e.reason)));
+                                done = Some(Ended::Done(Outcome::Refused(format!("{} {}", e.code, e.reason))));
                             } else {
                                 // Our only frames that can be refused are SENDs.
-                                unconfirmed = unconfirmed.saturating_sub(1);
+                                state.unconfirmed.pop_front();
                                 eprintln!("server refused a line: {} {}", e.code, e.reason);
                             }
                         }
                         ServerFrame::Bye { reason } => {
                             done = Some(match done.take() {
                                 Some(refused) => refused,
-                                None if reason == ByeReason::Quit => Outcome::Quit,
-                                None => Outcome::Closed(format!("server closed the connection: {reason}")),
+                                None => match reason {
+                                    ByeReason::Quit => Ended::Done(Outcome::Quit),
+                                    // Someone else is this id now, or may not
+                                    // be: trying again would not help.
+                                    ByeReason::Replaced | ByeReason::UnknownClient | ByeReason::AuthFailed => {
+                                        Ended::Done(Outcome::Closed(format!("server closed the connection: {reason}")))
+                                    }
+                                    ByeReason::Shutdown | ByeReason::Idle | ByeReason::Limit => {
+                                        Ended::Lost(format!("server closed the connection: {reason}"))
+                                    }
+                                },
                             });
                         }
                     }
                 }
-                if printed > acked {
-                    if printed.0 - acked.0 >= ACK_EVERY {
-                        send(ClientFrame::Ack { seq: printed });
-                        acked = printed;
+                if received > acked {
+                    if received.0 - acked.0 >= ACK_EVERY {
+                        send(ClientFrame::Ack { seq: received });
+                        acked = received;
                         ack_deadline = None;
                     } else if ack_deadline.is_none() {
                         ack_deadline = Some(Instant::now() + ACK_DELAY);
                     }
                 }
-                if let Some(outcome) = done {
-                    break outcome;
+                if let Some(ended) = done {
+                    break ended;
                 }
                 if n == 0 {
                     break if quit_deadline.is_some() {
-                        Outcome::Quit
+                        Ended::Done(Outcome::Quit)
                     } else {
-                        Outcome::Closed("the server closed the connection".into())
+                        Ended::Lost("the server closed the connection".into())
                     };
                 }
             }
-            res = stdin.read_until(b'\n', &mut line), if stdin_open && unconfirmed < MAX_UNCONFIRMED && quit_deadline.is_none() => {
+            res = state.stdin.read_until(b'\n', &mut state.line),
+                if state.stdin_open && state.unconfirmed.len() < MAX_UNCONFIRMED && quit_deadline.is_none() => {
                 match res {
-                    Ok(0) => stdin_open = false,
+                    Ok(0) => state.stdin_open = false,
                     Ok(_) => {
-                        let mut text: &[u8] = &line;
+                        let mut text: &[u8] = &state.line;
                         while let [rest @ .., b'\n' | b'\r'] = text {
                             text = rest;
                         }
@@ -208,54 +365,68 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
                         } else if text.contains(&b'\r') {
                             eprintln!("skipped a line with a carriage return inside");
                         } else {
-                            unconfirmed += 1;
-                            send(ClientFrame::Send { text: Bytes::copy_from_slice(text), tags: Tags::default() });
+                            let l = Line {
+                                mid: format!("{}.{}", state.mid_prefix, state.next_mid),
+                                text: Bytes::copy_from_slice(text),
+                            };
+                            state.next_mid += 1;
+                            send(send_frame(&l));
+                            state.unconfirmed.push_back(l);
                         }
-                        line.clear();
+                        state.line.clear();
                     }
                     Err(e) => {
                         eprintln!("cannot read stdin ({e}); no more lines will be sent");
-                        stdin_open = false;
+                        state.stdin_open = false;
                     }
                 }
-                last_activity = Instant::now();
+                state.last_activity = Instant::now();
             }
             _ = tokio::time::sleep_until(ack_deadline.unwrap_or(Instant::now() + far)), if ack_deadline.is_some() => {
                 ack_deadline = None;
-                if printed > acked {
-                    send(ClientFrame::Ack { seq: printed });
-                    acked = printed;
+                if received > acked {
+                    send(ClientFrame::Ack { seq: received });
+                    acked = received;
                 }
             }
             _ = tokio::time::sleep_until(idle_at), if config.exit_when_idle.is_some() => {
-                quit(&send, printed, &mut acked, &mut quit_deadline);
+                quit(&send, received, &mut acked, &mut quit_deadline);
             }
             _ = ping.tick(), if quit_deadline.is_none() => {
                 send(ClientFrame::Ping { token: None });
             }
-            _ = &mut signal, if quit_deadline.is_none() => {
-                quit(&send, printed, &mut acked, &mut quit_deadline);
+            _ = &mut *signal, if quit_deadline.is_none() => {
+                quit(&send, received, &mut acked, &mut quit_deadline);
             }
             _ = tokio::time::sleep_until(quit_deadline.unwrap_or(Instant::now() + far)), if quit_deadline.is_some() => {
                 eprintln!("the server did not answer QUIT; closing");
-                break Outcome::Quit;
+                break Ended::Done(Outcome::Quit);
             }
         }
     };
     drop(tx);
     let _ = tokio::time::timeout(QUIT_GRACE, writer).await;
-    Ok(outcome)
+    Ok(ended)
+}
+
+fn send_frame(line: &Line) -> ClientFrame {
+    ClientFrame::Send {
+        text: line.text.clone(),
+        tags: Tags {
+            mid: Some(line.mid.clone()),
+        },
+    }
 }
 
 fn quit(
     send: &impl Fn(ClientFrame),
-    printed: Seq,
+    received: Seq,
     acked: &mut Seq,
     quit_deadline: &mut Option<Instant>,
 ) {
-    if printed > *acked {
-        send(ClientFrame::Ack { seq: printed });
-        *acked = printed;
+    if received > *acked {
+        send(ClientFrame::Ack { seq: received });
+        *acked = received;
     }
     send(ClientFrame::Quit);
     *quit_deadline = Some(Instant::now() + QUIT_GRACE);

@@ -32,6 +32,11 @@ struct Args {
     /// Without it the client keeps receiving after stdin ends.
     #[arg(long, value_name = "MS")]
     exit_when_idle: Option<u64>,
+
+    /// Exit when the connection drops instead of reconnecting (by default
+    /// the client reconnects with backoff and resends unconfirmed lines).
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         port: args.port,
         id: args.client_id,
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
+        reconnect: !args.no_reconnect,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
