@@ -41,6 +41,8 @@ pub struct ClientConfig {
     pub exit_when_idle: Option<Duration>,
     /// Reconnect when the connection drops (after a first successful login).
     pub reconnect: bool,
+    /// Print each message's seq in front of it: `[<seq>] <from>: <text>`.
+    pub show_seq: bool,
 }
 
 /// How a client run ended.
@@ -290,6 +292,9 @@ async fn chat(
                             received = received.max(seq);
                             if seq > state.printed {
                                 let mut out = std::io::stdout().lock();
+                                if config.show_seq {
+                                    write!(out, "[{seq}] ").context("cannot write to stdout")?;
+                                }
                                 out.write_all(from.as_str().as_bytes())
                                     .and_then(|_| out.write_all(b": "))
                                     .and_then(|_| out.write_all(&text))

@@ -37,6 +37,11 @@ struct Args {
     /// the client reconnects with backoff and resends unconfirmed lines).
     #[arg(long)]
     no_reconnect: bool,
+
+    /// Print each message's sequence number in front of it:
+    /// `[<seq>] <from>: <text>`.
+    #[arg(long)]
+    show_seq: bool,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         id: args.client_id,
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
         reconnect: !args.no_reconnect,
+        show_seq: args.show_seq,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
