@@ -81,6 +81,18 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Runs `fut` to completion on a single-threaded runtime and returns its
+/// output; does not wait for a blocked read of stdin, which tokio runs on a
+/// thread of its own that would otherwise hold the process open.
+pub fn block_on_current_thread<F: std::future::Future>(fut: F) -> std::io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = runtime.block_on(fut);
+    runtime.shutdown_background();
+    Ok(out)
+}
+
 /// Completes on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

@@ -122,14 +122,8 @@ pub struct Message {
 impl Message {
     /// Builds a message and its `MSG <seq> <unix_ms> <from> <text>\n` frame.
     pub fn new(seq: Seq, unix_ms: u64, from: ClientId, text: &[u8]) -> Message {
-        let (frame, text_start) = crate::net::frame::encode_msg(seq, unix_ms, &from, text);
-        Message {
-            seq,
-            unix_ms,
-            from,
-            frame,
-            text_start,
-        }
+        let mut buf = bytes::BytesMut::with_capacity(crate::net::frame::msg_len_bound(&from, text));
+        Message::new_in(&mut buf, seq, unix_ms, from, text)
     }
 
     /// Like [`Message::new`], but encodes the frame in `buf`'s spare room:

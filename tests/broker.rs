@@ -172,6 +172,18 @@ async fn a_second_login_replaces_the_first_connection() {
     );
 }
 
+/// Sends each frame and checks the reply starts as expected.
+async fn expect_replies(c: &mut common::Conn, cases: &[(&str, &str)]) {
+    for (frame, want) in cases {
+        c.send(frame).await;
+        let got = c.line().await;
+        assert!(
+            got.starts_with(want),
+            "{frame:?}: expected {want}, got {got:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_refused_frame_gets_its_error_and_the_connection_stays_usable() {
     let s = memory_server("1,2");
@@ -184,14 +196,7 @@ async fn every_refused_frame_gets_its_error_and_the_connection_stays_usable() {
         ("LOGIN bad!id", "ERR BAD_FRAME"),
         ("", "ERR BAD_FRAME"),
     ];
-    for (frame, want) in cases {
-        c.send(frame).await;
-        let got = c.line().await;
-        assert!(
-            got.starts_with(want),
-            "{frame:?}: expected {want}, got {got:?}"
-        );
-    }
+    expect_replies(&mut c, cases).await;
     c.send_raw(b"SEND \xff\xfe\n").await;
     assert!(c.line().await.starts_with("ERR BAD_FRAME"));
     c.send("LOGIN 1").await;
@@ -206,14 +211,7 @@ async fn every_refused_frame_gets_its_error_and_the_connection_stays_usable() {
         ("PING", "PONG"),
         ("PING tok en", "PONG tok en"),
     ];
-    for (frame, want) in cases {
-        c.send(frame).await;
-        let got = c.line().await;
-        assert!(
-            got.starts_with(want),
-            "{frame:?}: expected {want}, got {got:?}"
-        );
-    }
+    expect_replies(&mut c, cases).await;
     // Carriage returns from `nc -C` are dropped, never delivered.
     let (mut c2, _) = s.login("2").await;
     c.send_raw(b"SEND crlf line\r\n").await;

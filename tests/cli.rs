@@ -3,41 +3,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use common::{Server, DEADLINE};
 
 fn client(port: u16, id: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_client"));
-    c.args([
-        "--client-id",
-        id,
-        "--server-ip",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-    ])
-    .args(extra)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    c
+    common::client_command(port, id, extra)
 }
 
 /// Streams a child's stdout lines into a channel.
 fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+    common::lines_of(child.stdout.take().unwrap())
 }
 
 fn wait(child: &mut Child) -> (i32, String) {

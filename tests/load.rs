@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Server;
 
 #[test]
@@ -14,22 +12,12 @@ fn five_thousand_connections_all_get_a_broadcast() {
     let mut ids: Vec<String> = (0..N).map(|i| format!("idle-{i}")).collect();
     ids.push("bench-0".into());
     let s = Server::start(&["--memory", "--client-ids", &ids.join(",")]);
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--port", &s.port.to_string(), "--json", "connections"])
-        .args([
-            "--clients",
-            &N.to_string(),
-            "--server-pid",
-            &s.child.id().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let pid = s.child.id().to_string();
+    let n = N.to_string();
+    let r = common::run_bench(
+        s.port,
+        &["connections", "--clients", &n, "--server-pid", &pid],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["connections"], N);
     let per = r["server_bytes_per_connection"].as_f64().unwrap();
     eprintln!(

@@ -3,40 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::Child;
 
 use common::{Server, DEADLINE};
 
 fn client(port: u16, id: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_client"))
-        .args([
-            "--client-id",
-            id,
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+    common::client_command(port, id, extra).spawn().unwrap()
 }
 
 fn durable_on(dir: &std::path::Path, port: &str) -> Server {
@@ -58,8 +31,8 @@ async fn the_client_reconnects_after_a_crash_and_prints_nothing_twice() {
     let mut s = durable_on(dir.path(), "0");
     let port = s.port;
     let mut c1 = client(port, "1", &[]);
-    let out = lines_of(c1.stdout.take().unwrap());
-    let status = lines_of(c1.stderr.take().unwrap());
+    let out = common::lines_of(c1.stdout.take().unwrap());
+    let status = common::lines_of(c1.stderr.take().unwrap());
     let mut stdin = c1.stdin.take().unwrap();
     assert!(status
         .recv_timeout(DEADLINE)
@@ -111,7 +84,7 @@ async fn with_no_reconnect_the_client_exits_when_the_server_dies() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = durable_on(dir.path(), "0");
     let mut c = client(s.port, "1", &["--no-reconnect"]);
-    let status = lines_of(c.stderr.take().unwrap());
+    let status = common::lines_of(c.stderr.take().unwrap());
     assert!(status
         .recv_timeout(DEADLINE)
         .unwrap()

@@ -98,12 +98,22 @@ enum Phase {
     Both,
 }
 
-fn emit(json: bool, value: serde_json::Value, human: String) {
+/// Prints a run's report: the JSON object (with its workload's name) with
+/// `--json`, else the human summary.
+fn emit(
+    json: bool,
+    workload: &str,
+    report: &impl serde::Serialize,
+    human: String,
+) -> anyhow::Result<()> {
     if json {
+        let mut value = serde_json::to_value(report)?;
+        value["workload"] = workload.into();
         println!("{value}");
     } else {
         println!("{human}");
     }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -142,9 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 r.latency_us_p99 as f64 / 1000.0,
                 r.latency_us_max as f64 / 1000.0
             );
-            let mut value = serde_json::to_value(&r)?;
-            value["workload"] = name.into();
-            emit(json, value, human);
+            emit(json, name, &r, human)?;
         }
         Workload::Catchup {
             phase,
@@ -169,9 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "catchup: {messages} msgs of {size} B drained in {:.3} s: {:.0} msgs/s",
                 r.seconds, r.msgs_per_sec
             );
-            let mut value = serde_json::to_value(&r)?;
-            value["workload"] = "catchup".into();
-            emit(json, value, human);
+            emit(json, "catchup", &r, human)?;
         }
         Workload::Connections {
             clients,
@@ -186,9 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "connections: {clients} idle clients logged in in {:.2} s; broadcast reached all in {:.1} ms; {per}",
                 r.login_seconds, r.broadcast_ms
             );
-            let mut value = serde_json::to_value(&r)?;
-            value["workload"] = "connections".into();
-            emit(json, value, human);
+            emit(json, "connections", &r, human)?;
         }
         Workload::Fsync { dir, seconds } => {
             let (n, secs) = bench::fsync_rate(&dir, Duration::from_secs_f64(seconds))?;
@@ -197,11 +201,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "fsync: {rate:.0} fsyncs/s (64 x 100 B each) in {}",
                 dir.display()
             );
-            emit(
-                json,
-                serde_json::json!({"workload": "fsync", "fsyncs_per_sec": rate, "dir": dir}),
-                human,
-            );
+            let report = serde_json::json!({"fsyncs_per_sec": rate, "dir": dir});
+            emit(json, "fsync", &report, human)?;
         }
     }
     Ok(())
@@ -210,18 +211,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let result = match herald::cli::block_on_current_thread(run(args)) {
+        Ok(result) => result,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(run(args));
-    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -56,19 +56,13 @@ fn main() -> ExitCode {
         reconnect: !args.no_reconnect,
         show_seq: args.show_seq,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let result = match herald::cli::block_on_current_thread(herald::client::run(config)) {
+        Ok(result) => result,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(herald::client::run(config));
-    // A read of stdin may still be blocked in its thread: do not wait for it.
-    runtime.shutdown_background();
     match result {
         Ok(Outcome::Quit) => ExitCode::SUCCESS,
         Ok(Outcome::Refused(reason)) => {

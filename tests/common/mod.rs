@@ -215,3 +215,50 @@ pub fn parse_msg(line: &str) -> Option<(u64, String, String)> {
     let text = parts.next()?.to_owned();
     Some((seq, from, text))
 }
+
+/// A `client` command for `id` on `port`, all three streams piped.
+pub fn client_command(port: u16, id: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_client"));
+    c.args([
+        "--client-id",
+        id,
+        "--server-ip",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .args(extra)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Streams the lines of a child's output into a channel.
+pub fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs `bench --json ARGS` against `port` and returns its JSON report.
+pub fn run_bench(port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--port", &port.to_string(), "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
