@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub reconnect: bool,
     /// Print each message's seq in front of it: `[<seq>] <from>: <text>`.
     pub show_seq: bool,
+    /// The secret sent with `LOGIN`, for servers that check secrets.
+    pub secret: Option<String>,
 }
 
 /// How a client run ended.
@@ -226,7 +228,7 @@ async fn chat(
     };
     send(ClientFrame::Login {
         id: config.id.clone(),
-        secret: None,
+        secret: config.secret.clone(),
     });
     // Lines that were never confirmed go again, in order, with their mids.
     for line in &state.unconfirmed {

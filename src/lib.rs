@@ -11,6 +11,7 @@
 )]
 
 pub mod actors;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

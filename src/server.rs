@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub session_threads: usize,
     /// Connections served at once; more are refused with `BYE limit`.
     pub max_connections: usize,
+    /// When given, every `LOGIN` must carry its id's secret.
+    pub secrets: Option<crate::auth::Secrets>,
 }
 
 fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
@@ -139,9 +141,30 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let registry_arbiter = Arbiter::new();
     let registry_config = config.registry.clone();
     let ids = config.client_ids.clone();
+    let secrets = config.secrets.clone();
+    // Hashing is slow on purpose: two threads of its own, off every event loop.
+    let verifier = secrets
+        .as_ref()
+        .map(|_| SyncArbiter::start(2, || crate::auth::Verifier));
     let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-        Registry::new(registry_config, ids, recovered, store)
+        let registry = Registry::new(registry_config, ids, recovered, store);
+        match (secrets, verifier) {
+            (Some(secrets), Some(verifier)) => registry.with_secrets(secrets, verifier),
+            _ => registry,
+        }
     });
+    if !config.bind.is_loopback() {
+        if config.secrets.is_none() {
+            log::warn!(
+                "listening on {} without --secrets-file: anyone who can reach this port can log in as any allowed id",
+                config.bind
+            );
+        }
+        log::warn!(
+            "listening on {} without TLS: messages (and secrets) cross the network in clear text",
+            config.bind
+        );
+    }
 
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -16,13 +16,15 @@
 //! its buffer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
+use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
     Append, CountFromOthers, Prune, ReadAfter, Recovered, SaveAcks, StoreActor, StoreError,
@@ -195,6 +197,27 @@ fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) ->
     false
 }
 
+/// Secrets checking: the hashes, the verifier threads, and recent failures
+/// per peer address (each failure in a row doubles the wait before the
+/// refusal, against guessing).
+struct Auth {
+    secrets: Secrets,
+    verifier: Addr<Verifier>,
+    failures: HashMap<IpAddr, (u32, Instant)>,
+}
+
+/// The wait before refusing the `n`th failed login in a row from one address.
+fn failure_delay(n: u32) -> Duration {
+    FIRST_FAILURE_DELAY
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(MAX_FAILURE_DELAY)
+}
+
+const FIRST_FAILURE_DELAY: Duration = Duration::from_millis(100);
+const MAX_FAILURE_DELAY: Duration = Duration::from_secs(10);
+/// Failures older than this no longer count.
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+
 /// The registry actor. Start it on an arbiter of its own.
 pub struct Registry {
     config: RegistryConfig,
@@ -210,6 +233,11 @@ pub struct Registry {
     /// Client ids whose `last_ack` changed since the last save.
     dirty_acks: HashSet<ClientId>,
     shutting_down: bool,
+    /// Secrets checking, when the server has a secrets file.
+    auth: Option<Auth>,
+    /// Sessions whose secret is being checked, with the `SEND`s they
+    /// pipelined behind their `LOGIN` (handled once they are admitted).
+    authenticating: HashMap<SessionId, Vec<Publish>>,
     /// Everything up to here is (being) pruned from the store.
     pruned: Seq,
     /// Woken when no append is in flight and nothing is pending.
@@ -250,10 +278,23 @@ impl Registry {
             committing: false,
             dirty_acks: HashSet::new(),
             shutting_down: false,
+            auth: None,
+            authenticating: HashMap::new(),
             pruned: Seq::ZERO,
             idle_waiters: Vec::new(),
             empty_waiters: Vec::new(),
         }
+    }
+
+    /// Checks every `LOGIN`'s secret against `secrets` (on `verifier`'s
+    /// threads) before admitting it.
+    pub fn with_secrets(mut self, secrets: Secrets, verifier: Addr<Verifier>) -> Registry {
+        self.auth = Some(Auth {
+            secrets,
+            verifier,
+            failures: HashMap::new(),
+        });
+        self
     }
 
     /// Sends the next batch of pending `SEND`s to the store, if none is in
@@ -519,8 +560,9 @@ impl Handler<Login> for Registry {
             id,
             to,
             peer,
-            ..
+            secret: msg_secret,
         } = msg;
+        let ip = peer.map(|p| p.ip());
         let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
         if self.shutting_down {
             to.do_send(ToSession::LoginRefused(
@@ -529,6 +571,129 @@ impl Handler<Login> for Registry {
             ));
             return;
         }
+        let Some(auth) = &self.auth else {
+            self.admit(sid, id, to, &peer, ctx);
+            return;
+        };
+        let hash = self
+            .users
+            .contains_key(&id)
+            .then(|| auth.secrets.hash(&id).map(str::to_owned))
+            .flatten();
+        self.authenticating.insert(sid, Vec::new());
+        auth.verifier
+            .send(Verify {
+                secret: msg_secret,
+                hash,
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let ok = res.unwrap_or_else(|e| {
+                    log::error!("secret verifier unreachable: {e}");
+                    false
+                });
+                act.on_verified(ok, sid, id, to, ip, peer, ctx);
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Registry {
+    /// A secret was checked: admit the session, or refuse it after a delay
+    /// that grows with each failure in a row from its address.
+    #[allow(clippy::too_many_arguments)]
+    fn on_verified(
+        &mut self,
+        ok: bool,
+        sid: SessionId,
+        id: ClientId,
+        to: Recipient<ToSession>,
+        ip: Option<IpAddr>,
+        peer: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(queued) = self.authenticating.remove(&sid) else {
+            // It disconnected while its secret was being checked.
+            return;
+        };
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        if ok {
+            if let Some(ip) = ip {
+                auth.failures.remove(&ip);
+            }
+            self.admit(sid, id, to, &peer, ctx);
+            for p in queued {
+                self.publish(p, ctx);
+            }
+            return;
+        }
+        let now = Instant::now();
+        let n = match ip {
+            Some(ip) => {
+                let entry = auth.failures.entry(ip).or_insert((0, now));
+                if now.duration_since(entry.1) > FAILURE_MEMORY {
+                    entry.0 = 0;
+                }
+                entry.0 += 1;
+                entry.1 = now;
+                entry.0
+            }
+            None => 1,
+        };
+        let delay = failure_delay(n);
+        let refusal = if self.users.contains_key(&id) {
+            log::warn!("failed login as {id} from {peer}: wrong or missing secret ({n} in a row)");
+            ToSession::LoginRefused(
+                FrameError::new(ErrorCode::AuthFailed, "wrong or missing secret"),
+                ByeReason::AuthFailed,
+            )
+        } else {
+            log::warn!("failed login as unknown client id {id} from {peer} ({n} in a row)");
+            ToSession::LoginRefused(
+                FrameError::new(
+                    ErrorCode::UnknownClient,
+                    format!("client id {id} is not allowed"),
+                ),
+                ByeReason::UnknownClient,
+            )
+        };
+        ctx.run_later(delay, move |_, _| to.do_send(refusal));
+    }
+
+    /// Queues a logged-in session's `SEND` for the next commit.
+    fn publish(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get(&msg.session) else {
+            // A session whose login was refused or replaced; it is closing.
+            return;
+        };
+        if self.shutting_down {
+            s.to.do_send(ToSession::SendRefused(FrameError::new(
+                ErrorCode::Limit,
+                "server is shutting down",
+            )));
+            return;
+        }
+        self.pending.push(PendingSend {
+            session: msg.session,
+            from: s.id.clone(),
+            text: msg.text,
+            unix_ms: unix_ms_now(),
+        });
+        self.commit(ctx);
+    }
+
+    /// Logs a session in as `id` if `id` is allowed: takes it over from an
+    /// older session, counts its backlog and welcomes it.
+    fn admit(
+        &mut self,
+        sid: SessionId,
+        id: ClientId,
+        to: Recipient<ToSession>,
+        peer: &str,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(user) = self.users.get_mut(&id) else {
             log::info!("refused login of unknown client id {id} from {peer}");
             to.do_send(ToSession::LoginRefused(
@@ -597,24 +762,12 @@ impl Handler<Publish> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        let Some(s) = self.sessions.get(&msg.session) else {
-            // A session whose login was refused or replaced; it is closing.
-            return;
-        };
-        if self.shutting_down {
-            s.to.do_send(ToSession::SendRefused(FrameError::new(
-                ErrorCode::Limit,
-                "server is shutting down",
-            )));
+        if let Some(queued) = self.authenticating.get_mut(&msg.session) {
+            // Its LOGIN is still being checked.
+            queued.push(msg);
             return;
         }
-        self.pending.push(PendingSend {
-            session: msg.session,
-            from: s.id.clone(),
-            text: msg.text,
-            unix_ms: unix_ms_now(),
-        });
-        self.commit(ctx);
+        self.publish(msg, ctx);
     }
 }
 
@@ -646,6 +799,7 @@ impl Handler<Disconnect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+        self.authenticating.remove(&msg.session);
         if let Some(s) = self.sessions.get(&msg.session) {
             log::info!("client {} disconnected", s.id);
         }

@@ -42,13 +42,48 @@ struct Args {
     /// `[<seq>] <from>: <text>`.
     #[arg(long)]
     show_seq: bool,
+
+    /// A file whose first line is this client's secret, for servers that
+    /// check secrets (or set HERALD_SECRET; never pass a secret itself on
+    /// the command line, where `ps` shows it).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<std::path::PathBuf>,
+}
+
+/// The secret from --secret-file, else from HERALD_SECRET, if any.
+fn secret(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let raw = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+        None => match std::env::var("HERALD_SECRET") {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        },
+    };
+    let secret = raw.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        return Err("the secret must be one word, without spaces".into());
+    }
+    Ok(Some(secret))
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
     let args = Args::parse_from(args);
+    let secret = match secret(args.secret_file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = ClientConfig {
+        secret,
         server: args.server_ip,
         port: args.port,
         id: args.client_id,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, ValueEnum};
+use herald::auth::Secrets;
 use herald::server::{ServerConfig, StorageConfig};
 use herald::store::SyncPolicy;
 use herald::ClientId;
@@ -24,11 +25,26 @@ enum SyncMode {
 /// Herald chat broker: relays every line a client sends to every other
 /// allowed client, and replays what a client missed when it logs in.
 #[derive(Parser, Debug)]
-#[command(name = "server", version, about)]
+#[command(
+    name = "server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
-    /// Allowed client ids, comma separated (e.g. 1,2,3).
-    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_client_id)]
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Allowed client ids, comma separated (e.g. 1,2,3). With
+    /// --secrets-file too, only ids in both are allowed.
+    #[arg(long, value_delimiter = ',', required_unless_present = "secrets_file", value_parser = parse_client_id)]
     client_ids: Vec<ClientId>,
+
+    /// One `id:argon2id-hash` line per client id (see `server hash-secret`);
+    /// every LOGIN must then carry its id's secret.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
 
     /// Port to listen on; 0 lets the OS pick one (printed on stdout).
     #[arg(long, default_value_t = 0)]
@@ -79,6 +95,89 @@ fn secs(n: u64) -> Option<std::time::Duration> {
     (n > 0).then(|| std::time::Duration::from_secs(n))
 }
 
+/// Subcommands.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Reads a secret from stdin (so it stays out of shell history) and
+    /// prints its Argon2id hash, as a line for --secrets-file.
+    HashSecret {
+        /// Print `ID:hash`, ready to append to the file.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+}
+
+/// `server hash-secret`: one line from stdin in, one hash line out.
+fn hash_secret(client_id: Option<String>) -> ExitCode {
+    let mut secret = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut secret) {
+        eprintln!("error: cannot read the secret from stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let secret = secret.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        eprintln!("error: the secret must be one word (no spaces) on the first line of stdin");
+        return ExitCode::from(1);
+    }
+    let id = match client_id.map(|id| ClientId::new(&id).map_err(|e| format!("'{id}': {e}"))) {
+        Some(Err(e)) => {
+            eprintln!("error: bad --client-id {e}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(id)) => Some(id),
+        None => None,
+    };
+    match herald::auth::hash_secret(secret) {
+        Ok(hash) => {
+            match id {
+                Some(id) => println!("{id}:{hash}"),
+                None => println!("{hash}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the secrets file and works out the allow-list: the file's ids, or
+/// those also in --client-ids when both are given.
+fn allow_list(
+    ids: Vec<ClientId>,
+    file: Option<&std::path::Path>,
+) -> Result<(Vec<ClientId>, Option<Secrets>), String> {
+    let Some(file) = file else {
+        return Ok((ids, None));
+    };
+    let secrets = Secrets::load(file).map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(file) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "secrets file {} can be read by others than its owner (chmod 600 it)",
+                file.display()
+            );
+        }
+    }
+    let allowed: Vec<ClientId> = if ids.is_empty() {
+        secrets.ids().cloned().collect()
+    } else {
+        ids.into_iter()
+            .filter(|id| secrets.hash(id).is_some())
+            .collect()
+    };
+    if allowed.is_empty() {
+        return Err(format!(
+            "no client id is allowed: none of --client-ids has a line in {}",
+            file.display()
+        ));
+    }
+    Ok((allowed, Some(secrets)))
+}
+
 fn parse_client_id(s: &str) -> Result<ClientId, String> {
     ClientId::new(s.trim()).map_err(|e| format!("'{s}': {e}"))
 }
@@ -87,6 +186,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
     let args = Args::parse_from(args);
+    if let Some(Command::HashSecret { client_id }) = args.command {
+        return hash_secret(client_id);
+    }
+    let (client_ids, secrets) = match allow_list(args.client_ids, args.secrets_file.as_deref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
 
     let storage = if args.memory {
         StorageConfig::Memory
@@ -102,7 +211,8 @@ fn main() -> ExitCode {
     let config = ServerConfig {
         bind: args.bind,
         port: args.port,
-        client_ids: args.client_ids,
+        client_ids,
+        secrets,
         storage,
         registry: herald::actors::RegistryConfig {
             retain: args.retain,
