@@ -45,6 +45,44 @@ pub struct ClientConfig {
     pub show_seq: bool,
     /// The secret sent with `LOGIN`, for servers that check secrets.
     pub secret: Option<String>,
+    /// Speak TLS, trusting this configuration, checking this name.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of a client.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// Trusted CAs and the rest.
+    pub config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    /// The name the server's certificate must carry.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects to the server, with TLS when configured.
+async fn connect(config: &ClientConfig) -> std::io::Result<Box<dyn Io>> {
+    let tcp = TcpStream::connect((config.server.as_str(), config.port)).await?;
+    let _ = tcp.set_nodelay(true);
+    match &config.tls {
+        None => Ok(Box::new(tcp)),
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            Ok(Box::new(
+                connector.connect(tls.server_name.clone(), tcp).await?,
+            ))
+        }
+    }
 }
 
 /// How a client run ended.
@@ -111,7 +149,7 @@ enum Ended {
 /// Writes frames to the socket from a queue, so reading never waits on a
 /// write (the server may pause reading while its answers are unread).
 async fn writer(
-    mut sock: tokio::net::tcp::OwnedWriteHalf,
+    mut sock: impl tokio::io::AsyncWrite + Unpin,
     mut rx: mpsc::UnboundedReceiver<ClientFrame>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
@@ -171,7 +209,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
     let mut attempt = 0u32;
     loop {
         let ever_logged_in = state.logins > 0;
-        let stream = match TcpStream::connect((config.server.as_str(), config.port)).await {
+        let stream = match connect(&config).await {
             Ok(s) => s,
             Err(e) if !ever_logged_in => {
                 return Err(e).with_context(|| {
@@ -216,11 +254,10 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<Outcome> {
 async fn chat(
     config: &ClientConfig,
     state: &mut State,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<Ended> {
-    let _ = stream.set_nodelay(true);
-    let (mut sock_in, sock_out) = stream.into_split();
+    let (mut sock_in, sock_out) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer(sock_out, rx));
     let send = |frame: ClientFrame| {

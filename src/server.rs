@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::actors::messages::Shutdown;
 use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
+use crate::net::transport::Connection;
 use crate::store::{MemoryStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
 
@@ -50,7 +51,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// When given, every `LOGIN` must carry its id's secret.
     pub secrets: Option<crate::auth::Secrets>,
+    /// When given, connections speak TLS.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 }
+
+/// How long a TLS handshake may take when there is no login timeout.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     match config {
@@ -160,10 +166,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                 config.bind
             );
         }
-        log::warn!(
-            "listening on {} without TLS: messages (and secrets) cross the network in clear text",
-            config.bind
-        );
+        if config.tls.is_none() {
+            log::warn!(
+                "listening on {} without TLS: messages (and secrets) cross the network in clear text",
+                config.bind
+            );
+        }
     }
 
     let threads = match config.session_threads {
@@ -195,6 +203,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let mut next = 0usize;
     let session_config = config.session.clone();
     let accept_registry = registry.clone();
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     accept_loop(
         listener,
         |stream| {
@@ -214,11 +223,34 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let config = session_config.clone();
             let worker = &workers[next % workers.len()];
             next = next.wrapping_add(1);
-            worker.spawn_fn(move || match tokio::net::TcpStream::from_std(std_stream) {
-                Ok(stream) => {
-                    Session::new(stream, registry, config).counted(slot).start();
-                }
-                Err(e) => log::warn!("cannot register a connection: {e}"),
+            let tls = tls.clone();
+            worker.spawn(async move {
+                let stream = match tokio::net::TcpStream::from_std(std_stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("cannot register a connection: {e}");
+                        return;
+                    }
+                };
+                let conn = match tls {
+                    None => Connection::plain(stream),
+                    Some(acceptor) => {
+                        let peer = stream.peer_addr().ok();
+                        let deadline = config.login_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
+                        match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => Connection::tls(tls),
+                            Ok(Err(e)) => {
+                                log::info!("TLS handshake with {peer:?} failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                log::info!("TLS handshake with {peer:?} timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                Session::new(conn, registry, config).counted(slot).start();
             });
         },
         crate::cli::shutdown_signal(),

@@ -21,17 +21,16 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, ToSession};
 use super::registry::Registry;
+use crate::net::transport::{Connection, Reader, Writer, SMALL_READ};
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
 use crate::types::{ClientId, Seq};
 
 /// Smallest and largest room made for one socket read.
-const MIN_READ: usize = 4 * 1024;
+const MIN_READ: usize = SMALL_READ;
 const MAX_READ: usize = 64 * 1024;
 
 /// Tunables of a session.
@@ -135,14 +134,14 @@ pub struct Session {
     login: LoginState,
     codec: ServerCodec,
 
-    reader: Option<OwnedReadHalf>,
+    reader: Option<Reader>,
     read_buf: BytesMut,
     /// Bytes to make room for before the next read.
     read_size: usize,
     /// A read future is under way.
     reading: bool,
 
-    writer: Option<OwnedWriteHalf>,
+    writer: Option<Writer>,
     /// Frames queued for the next write.
     out: BytesMut,
     /// Bytes of `out` that are delivered `MSG` frames (credit to return).
@@ -176,10 +175,12 @@ pub struct Session {
 
 impl Session {
     /// A session for an accepted connection.
-    pub fn new(stream: TcpStream, registry: Addr<Registry>, config: SessionConfig) -> Session {
-        let peer = stream.peer_addr().ok();
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+    pub fn new(conn: Connection, registry: Addr<Registry>, config: SessionConfig) -> Session {
+        let Connection {
+            reader,
+            writer,
+            peer,
+        } = conn;
         Session {
             id: SessionId::next(),
             peer,
@@ -269,41 +270,14 @@ impl Session {
         if self.reading || self.read_paused() {
             return;
         }
-        let Some(reader) = self.reader.take() else {
+        let Some(mut reader) = self.reader.take() else {
             return;
         };
         let mut buf = std::mem::take(&mut self.read_buf);
         let want = self.read_size;
         self.reading = true;
         async move {
-            // Wait for data before touching a buffer, and read small
-            // amounts through the stack: an idle connection holds no read
-            // buffer, and a short frame costs an allocation of its size, not
-            // of a whole buffer (which would fragment the heap).
-            let res = loop {
-                if let Err(e) = reader.readable().await {
-                    break Err(e);
-                }
-                let mut chunk = [0u8; MIN_READ];
-                match reader.try_read(&mut chunk) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => break Err(e),
-                    Ok(n) if n < MIN_READ => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        break Ok(n);
-                    }
-                    Ok(n) => {
-                        // A burst: read on into a buffer of growing size.
-                        buf.reserve(want);
-                        buf.extend_from_slice(&chunk[..n]);
-                        match reader.try_read_buf(&mut buf) {
-                            Ok(m) => break Ok(n + m),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(n),
-                            Err(e) => break Err(e),
-                        }
-                    }
-                }
-            };
+            let res = reader.read_some(&mut buf, want).await;
             (reader, buf, res)
         }
         .into_actor(self)

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use herald::client::{ClientConfig, Outcome};
+use herald::client::{ClientConfig, ClientTls, Outcome};
 use herald::ClientId;
 
 /// Herald chat client: sends every line typed on stdin, prints every message
@@ -48,6 +48,36 @@ struct Args {
     /// the command line, where `ps` shows it).
     #[arg(long, value_name = "PATH")]
     secret_file: Option<std::path::PathBuf>,
+
+    /// Speak TLS to the server (needs --ca-file).
+    #[arg(long, requires = "ca_file")]
+    tls: bool,
+
+    /// PEM file of the CA(s) that signed the server's certificate.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca_file: Option<std::path::PathBuf>,
+
+    /// The name the server's certificate must carry (default: --server-ip).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+}
+
+/// TLS settings from the flags.
+fn tls(args: &Args) -> Result<Option<ClientTls>, String> {
+    let Some(ca) = args.ca_file.as_deref().filter(|_| args.tls) else {
+        return Ok(None);
+    };
+    let config = herald::net::tls::client_config(ca).map_err(|e| e.to_string())?;
+    let name = args
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| args.server_ip.clone());
+    let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+        .map_err(|e| format!("'{name}' is not a valid server name: {e}"))?;
+    Ok(Some(ClientTls {
+        config,
+        server_name,
+    }))
 }
 
 /// The secret from --secret-file, else from HERALD_SECRET, if any.
@@ -82,7 +112,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let config = ClientConfig {
+        tls,
         secret,
         server: args.server_ip,
         port: args.port,

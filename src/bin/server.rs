@@ -72,6 +72,14 @@ struct Args {
     #[arg(long, default_value = "all", value_name = "all|N")]
     retain: herald::actors::Retain,
 
+    /// PEM certificate chain: connections then speak TLS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Connections served at once; more get `ERR LIMIT` and `BYE limit`.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -197,6 +205,16 @@ fn main() -> ExitCode {
         }
     };
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match herald::net::tls::server_config(cert, key) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
     let storage = if args.memory {
         StorageConfig::Memory
     } else {
@@ -213,6 +231,7 @@ fn main() -> ExitCode {
         port: args.port,
         client_ids,
         secrets,
+        tls,
         storage,
         registry: herald::actors::RegistryConfig {
             retain: args.retain,

@@ -4,6 +4,8 @@
 pub mod codec;
 pub mod frame;
 pub mod listener;
+pub mod tls;
+pub mod transport;
 
 pub use codec::{ClientCodec, ServerCodec, DEFAULT_MAX_FRAME_BYTES};
 pub use frame::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerFrame, Tags};

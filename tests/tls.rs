@@ -1,0 +1,174 @@
+//! TLS between the real binaries, with certificates made in the test (a
+//! private CA and a server certificate for 127.0.0.1 and localhost).
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::{Server, DEADLINE};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+/// Writes ca.pem, server.pem and server.key into `dir`; returns their paths.
+fn make_certs(dir: &std::path::Path, tag: &str) -> (String, String, String) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let path = |name: &str| {
+        dir.join(format!("{tag}-{name}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("server.pem"), cert.pem()).unwrap();
+    std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+#[tokio::test]
+async fn clients_chat_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path(), "a");
+    let s = Server::start(&[
+        "--memory",
+        "--client-ids",
+        "1,2",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let mut listener = common::client_command(s.port, "2", &["--tls", "--ca-file", &ca])
+        .spawn()
+        .unwrap();
+    let out = common::lines_of(listener.stdout.take().unwrap());
+    let err = common::lines_of(listener.stderr.take().unwrap());
+    assert!(err
+        .recv_timeout(DEADLINE)
+        .unwrap()
+        .starts_with("logged in as 2"));
+    let mut talker = common::client_command(
+        s.port,
+        "1",
+        &["--tls", "--ca-file", &ca, "--exit-when-idle", "200"],
+    )
+    .spawn()
+    .unwrap();
+    talker
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"secret plans\n")
+        .unwrap();
+    let status = talker.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(out.recv_timeout(DEADLINE).unwrap(), "1: secret plans");
+    listener.kill().unwrap();
+    let _ = listener.wait();
+}
+
+#[tokio::test]
+async fn a_plain_client_on_a_tls_port_fails_cleanly_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path(), "b");
+    let s = Server::start(&[
+        "--memory",
+        "--client-ids",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let mut plain = s.connect().await;
+    plain.try_send("LOGIN 1").await;
+    // The server gives up on the handshake and closes; no frame comes back.
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read_to_end(&mut plain.reader, &mut buf),
+    )
+    .await
+    .expect("the server did not close the plain connection");
+    assert!(!String::from_utf8_lossy(&buf).contains("WELCOME"));
+    // The client binary without --tls says it lost the connection.
+    let out = common::client_command(s.port, "1", &["--no-reconnect"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    // And the server goes on serving TLS clients.
+    let ok = common::client_command(
+        s.port,
+        "1",
+        &["--tls", "--ca-file", &ca, "--exit-when-idle", "100"],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(s.log.lock().unwrap().contains("TLS handshake"));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_server_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = make_certs(dir.path(), "c");
+    let (other_ca, _, _) = make_certs(dir.path(), "d");
+    let s = Server::start(&[
+        "--memory",
+        "--client-ids",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let out = common::client_command(s.port, "1", &["--tls", "--ca-file", &other_ca])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+}
+
+#[test]
+fn bad_certificate_or_key_paths_stop_the_server() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--memory",
+            "--client-ids",
+            "1",
+            "--tls-cert",
+            "/no/cert.pem",
+            "--tls-key",
+            "/no/key.pem",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/cert.pem"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--memory",
+            "--client-ids",
+            "1",
+            "--tls-cert",
+            "/no/cert.pem",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--tls-cert needs --tls-key");
+}
