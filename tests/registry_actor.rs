@@ -380,3 +380,62 @@ async fn shutdown_says_bye_to_every_session() {
     a.disconnect();
     shutdown.await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_resent_mid_is_answered_with_the_first_seq_from_any_session() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut a1 = Client::connect(&r, "a", true).await;
+    let mut b = Client::connect(&r, "b", true).await;
+    a1.welcome().await;
+    b.welcome().await;
+    let send = |c: &Client, mid: &str, text: &str| {
+        c.registry.do_send(Publish {
+            session: c.session,
+            text: Bytes::copy_from_slice(text.as_bytes()),
+            tags: Tags {
+                mid: Some(mid.into()),
+            },
+        })
+    };
+    send(&a1, "x", "once");
+    send(&a1, "x", "once");
+    assert_eq!(a1.sent_n(2).await, vec![Seq(1), Seq(1)]);
+    let mut a2 = Client::connect(&r, "a", true).await;
+    assert!(matches!(
+        a1.next().await,
+        ToSession::Bye(ByeReason::Replaced)
+    ));
+    a2.welcome().await;
+    send(&a2, "x", "once");
+    send(&a2, "y", "twice");
+    assert_eq!(a2.sent_n(2).await, vec![Seq(1), Seq(2)]);
+    // b got each stored message once.
+    assert_eq!(
+        b.delivered(2).await,
+        vec![
+            (1, "a".into(), "once".into()),
+            (2, "a".into(), "twice".into())
+        ]
+    );
+}
+
+#[test]
+fn the_mid_window_keeps_the_newest_and_the_recent() {
+    use herald::actors::registry::MidWindow;
+    let mut w = MidWindow::default();
+    let (keep, age, now) = (3, 1_000, 10_000);
+    // Old ones beyond `keep` are forgotten…
+    for (i, t) in [(1, 1_000), (2, 2_000), (3, 3_000), (4, 4_000)] {
+        w.insert(format!("m{i}"), Seq(i), t, keep, age, now);
+    }
+    assert_eq!(w.get("m1"), None);
+    assert_eq!(w.get("m2"), Some(Seq(2)));
+    assert_eq!(w.len(), 3);
+    // …recent ones are kept even beyond `keep`.
+    let mut w = MidWindow::default();
+    for i in 1..=5 {
+        w.insert(format!("m{i}"), Seq(i), now, keep, age, now);
+    }
+    assert_eq!(w.len(), 5);
+    assert_eq!(w.get("m1"), Some(Seq(1)));
+}

@@ -27,7 +27,8 @@ use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdo
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
-    Append, CountFromOthers, Prune, ReadAfter, Recovered, SaveAcks, StoreActor, StoreError,
+    Append, CountFromOthers, ForgetMids, MidRecord, Prune, ReadAfter, Recovered, SaveAcks,
+    StoreActor, StoreError,
 };
 use crate::types::{unix_ms_now, ClientId, Message, Seq};
 
@@ -75,6 +76,10 @@ pub struct RegistryConfig {
     pub shutdown_grace: Duration,
     /// Which acknowledged messages to keep.
     pub retain: Retain,
+    /// Message ids remembered per client id, at least…
+    pub dedupe_keep: usize,
+    /// …and every one from this long ago.
+    pub dedupe_window: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -89,6 +94,8 @@ impl Default for RegistryConfig {
             ack_flush_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(3),
             retain: Retain::All,
+            dedupe_keep: 10_000,
+            dedupe_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -120,6 +127,64 @@ struct PendingSend {
     from: ClientId,
     text: Bytes,
     unix_ms: u64,
+    /// The client's message id, if it sent one.
+    mid: Option<String>,
+    /// A resend of a mid stored (or being stored) already: answered with
+    /// the first copy's seq, not stored again.
+    dup: bool,
+}
+
+/// The message ids one client id used recently, for dropping resends.
+#[derive(Debug, Default)]
+pub struct MidWindow {
+    seqs: HashMap<String, Seq>,
+    order: VecDeque<(String, u64)>,
+}
+
+impl MidWindow {
+    /// The seq stored under `mid`, if it is remembered.
+    pub fn get(&self, mid: &str) -> Option<Seq> {
+        self.seqs.get(mid).copied()
+    }
+
+    /// Remembers `mid` → `seq`; forgets the oldest mids beyond `keep` that
+    /// are older than `max_age_ms` (so at least `keep`, and everything from
+    /// the last `max_age_ms`, is remembered).
+    pub fn insert(
+        &mut self,
+        mid: String,
+        seq: Seq,
+        unix_ms: u64,
+        keep: usize,
+        max_age_ms: u64,
+        now_ms: u64,
+    ) {
+        self.seqs.insert(mid.clone(), seq);
+        self.order.push_back((mid, unix_ms));
+        while self.order.len() > keep {
+            match self.order.front() {
+                Some((_, t)) if now_ms.saturating_sub(*t) > max_age_ms => {
+                    if let Some((old, _)) = self.order.pop_front() {
+                        // A mid stored again later points at its newer copy.
+                        if self.order.iter().all(|(m, _)| *m != old) {
+                            self.seqs.remove(&old);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// How many mids are remembered.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
 }
 
 /// The in-memory tail of the log: the newest messages, for live fan-out.
@@ -228,6 +293,10 @@ pub struct Registry {
     head: Seq,
     tail: Tail,
     pending: Vec<PendingSend>,
+    /// Recent message ids per client id (see [`MidWindow`]).
+    mids: HashMap<ClientId, MidWindow>,
+    /// Message ids queued or being stored, not yet in `mids`.
+    inflight_mids: HashSet<(ClientId, String)>,
     /// An append is in flight.
     committing: bool,
     /// Client ids whose `last_ack` changed since the last save.
@@ -267,7 +336,20 @@ impl Registry {
                 )
             })
             .collect();
+        let now = unix_ms_now();
+        let mut mids: HashMap<ClientId, MidWindow> = HashMap::new();
+        for r in recovered.mids {
+            mids.entry(r.client).or_default().insert(
+                r.mid,
+                r.seq,
+                r.unix_ms,
+                config.dedupe_keep,
+                config.dedupe_window.as_millis() as u64,
+                now,
+            );
+        }
         Registry {
+            mids,
             config,
             store,
             users,
@@ -275,6 +357,7 @@ impl Registry {
             head: recovered.head,
             tail: Tail::default(),
             pending: Vec::new(),
+            inflight_mids: HashSet::new(),
             committing: false,
             dirty_acks: HashSet::new(),
             shutting_down: false,
@@ -312,16 +395,32 @@ impl Registry {
         let take = self.pending.len().min(self.config.max_batch);
         let batch: Vec<PendingSend> = self.pending.drain(..take).collect();
         let mut seq = self.head;
+        let mut mids = Vec::new();
         let messages: Vec<Message> = batch
             .iter()
+            .filter(|p| !p.dup)
             .map(|p| {
                 seq = seq.next();
+                if let Some(mid) = &p.mid {
+                    mids.push(MidRecord {
+                        client: p.from.clone(),
+                        mid: mid.clone(),
+                        seq,
+                        unix_ms: p.unix_ms,
+                    });
+                }
                 Message::new(seq, p.unix_ms, p.from.clone(), &p.text)
             })
             .collect();
+        if messages.is_empty() {
+            // Only resends: nothing to store, answer them now.
+            self.on_committed(batch, Vec::new(), ctx);
+            self.commit(ctx);
+            return;
+        }
         self.committing = true;
         self.store
-            .send(Append(messages))
+            .send(Append { messages, mids })
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.committing = false;
@@ -343,19 +442,42 @@ impl Registry {
         stored: Vec<Message>,
         ctx: &mut Context<Self>,
     ) {
-        // Answer each sender with its seqs, in order, one message per session.
-        let mut answers: Vec<(SessionId, Vec<Seq>)> = Vec::new();
-        for (p, m) in batch.iter().zip(&stored) {
-            match answers.iter_mut().find(|(s, _)| *s == p.session) {
-                Some((_, seqs)) => seqs.push(m.seq()),
-                None => answers.push((p.session, vec![m.seq()])),
-            }
+        let now = unix_ms_now();
+        let keep = self.config.dedupe_keep;
+        let max_age = self.config.dedupe_window.as_millis() as u64;
+        let mut seqs = stored.iter().map(Message::seq);
+        // Each answer in the order of the SENDs, per session.
+        let mut answers: Vec<(SessionId, Result<Seq, FrameError>)> =
+            Vec::with_capacity(batch.len());
+        for p in batch {
+            let answer = if p.dup {
+                let first = p
+                    .mid
+                    .as_deref()
+                    .and_then(|mid| self.mids.get(&p.from)?.get(mid));
+                first.ok_or_else(|| {
+                    FrameError::new(
+                        ErrorCode::Limit,
+                        "a resend of a message that is no longer remembered",
+                    )
+                })
+            } else {
+                let Some(seq) = seqs.next() else {
+                    log::error!("the store gave back fewer messages than it was given");
+                    continue;
+                };
+                if let Some(mid) = p.mid {
+                    self.inflight_mids.remove(&(p.from.clone(), mid.clone()));
+                    self.mids
+                        .entry(p.from.clone())
+                        .or_default()
+                        .insert(mid, seq, p.unix_ms, keep, max_age, now);
+                }
+                Ok(seq)
+            };
+            answers.push((p.session, answer));
         }
-        for (session, seqs) in answers {
-            if let Some(s) = self.sessions.get(&session) {
-                s.to.do_send(ToSession::Sent(seqs));
-            }
-        }
+        self.send_answers(answers);
         for m in stored {
             self.head = m.seq();
             self.tail
@@ -364,20 +486,64 @@ impl Registry {
         self.pump_all(ctx);
     }
 
+    /// Sends each session its answers in order, consecutive `SENT`s in one
+    /// message.
+    fn send_answers(&self, answers: Vec<(SessionId, Result<Seq, FrameError>)>) {
+        let mut per_session: Vec<(SessionId, Vec<ToSession>)> = Vec::new();
+        for (sid, answer) in answers {
+            let msgs = match per_session.iter_mut().find(|(s, _)| *s == sid) {
+                Some((_, msgs)) => msgs,
+                None => {
+                    per_session.push((sid, Vec::new()));
+                    match per_session.last_mut() {
+                        Some((_, msgs)) => msgs,
+                        None => continue,
+                    }
+                }
+            };
+            match (answer, msgs.last_mut()) {
+                (Ok(seq), Some(ToSession::Sent(seqs))) => seqs.push(seq),
+                (Ok(seq), _) => msgs.push(ToSession::Sent(vec![seq])),
+                (Err(e), _) => msgs.push(ToSession::SendRefused(e)),
+            }
+        }
+        for (sid, msgs) in per_session {
+            if let Some(s) = self.sessions.get(&sid) {
+                for m in msgs {
+                    s.to.do_send(m);
+                }
+            }
+        }
+    }
+
     fn on_commit_failed(&mut self, batch: Vec<PendingSend>, e: StoreError) {
         log::error!(
             "storing {} message(s) failed, refusing them: {e}",
             batch.len()
         );
         let reason = format!("message not stored: {e}");
+        let mut answers = Vec::with_capacity(batch.len());
         for p in batch {
-            if let Some(s) = self.sessions.get(&p.session) {
-                s.to.do_send(ToSession::SendRefused(FrameError::new(
-                    ErrorCode::Limit,
-                    reason.clone(),
-                )));
+            if let (false, Some(mid)) = (p.dup, &p.mid) {
+                let key = (p.from.clone(), mid.clone());
+                self.inflight_mids.remove(&key);
+                // A resend of it waiting for the next batch is now the copy
+                // to store.
+                if let Some(next) = self
+                    .pending
+                    .iter_mut()
+                    .find(|q| q.dup && q.from == p.from && q.mid.as_ref() == Some(mid))
+                {
+                    next.dup = false;
+                    self.inflight_mids.insert(key);
+                }
             }
+            answers.push((
+                p.session,
+                Err(FrameError::new(ErrorCode::Limit, reason.clone())),
+            ));
         }
+        self.send_answers(answers);
     }
 
     /// Pumps every session after new messages were stored. Sessions served
@@ -548,6 +714,14 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.config.ack_flush_interval;
         ctx.run_interval(every, |act, ctx| act.save_acks(ctx));
+        // The store forgets message ids the registry no longer remembers.
+        ctx.run_interval(Duration::from_secs(60), |act, _| {
+            let window = act.config.dedupe_window.as_millis() as u64;
+            act.store.do_send(ForgetMids {
+                older_than_ms: unix_ms_now().saturating_sub(window),
+                keep: act.config.dedupe_keep,
+            });
+        });
     }
 }
 
@@ -675,11 +849,22 @@ impl Registry {
             )));
             return;
         }
+        let from = s.id.clone();
+        let mid = msg.tags.mid;
+        let dup = mid.as_ref().is_some_and(|m| {
+            self.mids.get(&from).is_some_and(|w| w.get(m).is_some())
+                || self.inflight_mids.contains(&(from.clone(), m.clone()))
+        });
+        if let (false, Some(m)) = (dup, &mid) {
+            self.inflight_mids.insert((from.clone(), m.clone()));
+        }
         self.pending.push(PendingSend {
             session: msg.session,
-            from: s.id.clone(),
+            from,
             text: msg.text,
             unix_ms: unix_ms_now(),
+            mid,
+            dup,
         });
         self.commit(ctx);
     }

@@ -80,6 +80,11 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// Seconds a client's message ids (`@mid`) are remembered to drop
+    /// resends; the newest 10,000 per client id are remembered regardless.
+    #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+    dedupe_window: u64,
+
     /// Connections served at once; more get `ERR LIMIT` and `BYE limit`.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -235,6 +240,7 @@ fn main() -> ExitCode {
         storage,
         registry: herald::actors::RegistryConfig {
             retain: args.retain,
+            dedupe_window: std::time::Duration::from_secs(args.dedupe_window),
             ..Default::default()
         },
         session: herald::actors::SessionConfig {

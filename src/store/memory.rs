@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{Recovered, Store, StoreError};
+use super::{MidRecord, Recovered, Store, StoreError};
 use crate::types::{ClientId, Message, Seq};
 
 /// Keeps the whole log and the cursors in memory.
@@ -32,10 +32,12 @@ impl Store for MemoryStore {
         Ok(Recovered {
             head: self.log.back().map_or(self.pruned_upto, Message::seq),
             acks: self.acks.clone(),
+            mids: Vec::new(),
         })
     }
 
-    fn append(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &[Message], _mids: &[MidRecord]) -> Result<(), StoreError> {
+        // The registry remembers mids itself; nothing outlives the process.
         self.log.extend(batch.iter().cloned());
         Ok(())
     }
@@ -85,6 +87,10 @@ impl Store for MemoryStore {
         Ok(n as u64)
     }
 
+    fn forget_mids(&mut self, _older_than_ms: u64, _keep: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -101,7 +107,7 @@ mod tests {
     #[test]
     fn reads_ranges_and_counts_others() {
         let mut s = MemoryStore::new();
-        s.append(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")])
+        s.append(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")], &[])
             .unwrap();
         let got: Vec<u64> = s
             .read_after(Seq(1), Seq(4), 2)

@@ -37,6 +37,20 @@ pub enum StoreError {
     Incompatible(String),
 }
 
+/// A message id a client sent with a stored message (`@mid=…`), kept so a
+/// resend is recognised, also after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MidRecord {
+    /// Who sent it.
+    pub client: ClientId,
+    /// The client's message id.
+    pub mid: String,
+    /// The seq the message was stored as.
+    pub seq: Seq,
+    /// When.
+    pub unix_ms: u64,
+}
+
 /// What a store holds when the broker starts.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -45,6 +59,8 @@ pub struct Recovered {
     pub head: Seq,
     /// The last acknowledged seq of every client id that ever acknowledged.
     pub acks: HashMap<ClientId, Seq>,
+    /// The message ids still remembered.
+    pub mids: Vec<MidRecord>,
 }
 
 /// The message log and acknowledgement cursors.
@@ -55,10 +71,15 @@ pub trait Store: Send + 'static {
     /// Reads what a previous run left behind.
     fn recover(&mut self) -> Result<Recovered, StoreError>;
 
-    /// Stores `batch` (consecutive seqs, in order) as one atomic unit: after
-    /// `Ok` every message survives what the store promises to survive, after
-    /// `Err` none of them is stored.
-    fn append(&mut self, batch: &[Message]) -> Result<(), StoreError>;
+    /// Stores `batch` (consecutive seqs, in order) and the message ids that
+    /// came with some of them as one atomic unit: after `Ok` all of it
+    /// survives what the store promises to survive, after `Err` none of it
+    /// is stored.
+    fn append(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError>;
+
+    /// Forgets message ids from before `older_than_ms`, except each client's
+    /// newest `keep`.
+    fn forget_mids(&mut self, older_than_ms: u64, keep: usize) -> Result<(), StoreError>;
 
     /// Up to `max` stored messages with `after < seq <= upto`, in seq order.
     fn read_after(&mut self, after: Seq, upto: Seq, max: usize)
@@ -117,7 +138,29 @@ impl Actor for StoreActor {
 /// Append a batch; answers with the batch once it is stored.
 #[derive(ActixMessage)]
 #[rtype(result = "Result<Vec<Message>, StoreError>")]
-pub struct Append(pub Vec<Message>);
+pub struct Append {
+    /// The messages, consecutive seqs in order.
+    pub messages: Vec<Message>,
+    /// The message ids some of them came with.
+    pub mids: Vec<MidRecord>,
+}
+
+/// Forget old message ids; see [`Store::forget_mids`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct ForgetMids {
+    /// Older than this (ms since the epoch)…
+    pub older_than_ms: u64,
+    /// …except each client's newest this many.
+    pub keep: usize,
+}
+
+impl Handler<ForgetMids> for StoreActor {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: ForgetMids, _: &mut Self::Context) -> Self::Result {
+        self.store()?.forget_mids(msg.older_than_ms, msg.keep)
+    }
+}
 
 /// Read a chunk of the log; see [`Store::read_after`].
 #[derive(ActixMessage)]
@@ -168,8 +211,8 @@ pub struct Flush;
 impl Handler<Append> for StoreActor {
     type Result = Result<Vec<Message>, StoreError>;
     fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
-        self.store()?.append(&msg.0)?;
-        Ok(msg.0)
+        self.store()?.append(&msg.messages, &msg.mids)?;
+        Ok(msg.messages)
     }
 }
 

@@ -13,11 +13,21 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Recovered, Store, StoreError};
+use super::{MidRecord, Recovered, Store, StoreError};
 use crate::types::{ClientId, Message, Seq};
 
 /// The schema this version writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Schema version 2 added the message ids clients send with `SEND`.
+const MIDS_TABLE: &str = "CREATE TABLE mids (
+        client_id TEXT NOT NULL,
+        mid TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (client_id, mid)
+    ) WITHOUT ROWID;
+    CREATE INDEX mids_by_age ON mids (client_id, seq);";
 
 /// How long opening waits for another process's lock on the directory.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -152,7 +162,7 @@ impl SqliteStore {
         if version == 0 && tables > 0 {
             return Err(not_herald("is a database of some other program"));
         }
-        if version != 0 && version != SCHEMA_VERSION {
+        if version != 0 && version != 1 && version != SCHEMA_VERSION {
             return Err(StoreError::Incompatible(format!(
                 "{shown} has schema version {version}, this server reads version {SCHEMA_VERSION}; refusing to use it"
             )));
@@ -189,9 +199,18 @@ impl SqliteStore {
                      text TEXT NOT NULL
                  );
                  CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
+                 {MIDS_TABLE}
                  INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
                  PRAGMA user_version = {SCHEMA_VERSION};
                  COMMIT;"
+            ))?;
+        }
+        if version == 1 {
+            log::info!(
+                "{shown}: upgrading the schema from version 1 to {SCHEMA_VERSION} (message ids)"
+            );
+            self.conn.execute_batch(&format!(
+                "BEGIN; {MIDS_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
         }
         Ok(())
@@ -231,12 +250,45 @@ impl Store for SqliteStore {
             let id = ClientId::new(&id).map_err(|_| corrupt("client id"))?;
             acks.insert(id, Seq(ack.max(0) as u64));
         }
-        Ok(Recovered { head, acks })
+        let mut mids = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT client_id, mid, seq, unix_ms FROM mids ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (client, mid, seq, unix_ms) = row?;
+            mids.push(MidRecord {
+                client: ClientId::new(&client).map_err(|_| corrupt("client id"))?,
+                mid,
+                seq: Seq(seq.max(0) as u64),
+                unix_ms: unix_ms.max(0) as u64,
+            });
+        }
+        Ok(Recovered { head, acks, mids })
     }
 
-    fn append(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            // A mid stored again after it was forgotten points at the new copy.
+            let mut remember = tx.prepare_cached(
+                "INSERT OR REPLACE INTO mids (client_id, mid, seq, unix_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for m in mids {
+                remember.execute(params![
+                    m.client.as_str(),
+                    m.mid,
+                    m.seq.0 as i64,
+                    m.unix_ms as i64
+                ])?;
+            }
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (seq, unix_ms, sender, text) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -337,6 +389,16 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
+    fn forget_mids(&mut self, older_than_ms: u64, keep: usize) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM mids WHERE unix_ms < ?1 AND seq <= (
+                 SELECT m.seq FROM mids m WHERE m.client_id = mids.client_id
+                 ORDER BY m.seq DESC LIMIT 1 OFFSET ?2)",
+            params![older_than_ms as i64, keep as i64],
+        )?;
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -363,8 +425,11 @@ mod tests {
         {
             let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
             assert_eq!(s.recover().unwrap(), Recovered::default());
-            s.append(&[msg(1, "a", "one"), msg(2, "b", "two"), msg(3, "a", "three")])
-                .unwrap();
+            s.append(
+                &[msg(1, "a", "one"), msg(2, "b", "two"), msg(3, "a", "three")],
+                &[],
+            )
+            .unwrap();
             s.save_acks(&[(ClientId::new("b").unwrap(), Seq(1))])
                 .unwrap();
         }
@@ -387,7 +452,8 @@ mod tests {
     fn pruning_keeps_the_numbering() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
-        s.append(&[msg(1, "a", "x"), msg(2, "a", "y")]).unwrap();
+        s.append(&[msg(1, "a", "x"), msg(2, "a", "y")], &[])
+            .unwrap();
         assert_eq!(s.prune(Seq(2)).unwrap(), 2);
         drop(s);
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
@@ -425,6 +491,68 @@ mod tests {
             .unwrap();
         let e = SqliteStore::open(&d, SyncPolicy::Always).unwrap_err();
         assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("herald.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE messages (seq INTEGER PRIMARY KEY, unix_ms INTEGER NOT NULL,
+                 sender TEXT NOT NULL, text TEXT NOT NULL);
+             CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
+             INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
+             INSERT INTO messages VALUES (1, 5, 'a', 'kept');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        assert_eq!(s.recover().unwrap().head, Seq(1));
+        let rec = MidRecord {
+            client: ClientId::new("a").unwrap(),
+            mid: "m".into(),
+            seq: Seq(2),
+            unix_ms: 6,
+        };
+        s.append(&[msg(2, "a", "new")], std::slice::from_ref(&rec))
+            .unwrap();
+        drop(s);
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        assert_eq!(s.recover().unwrap().mids, vec![rec]);
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn old_mids_are_forgotten_except_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        let a = ClientId::new("a").unwrap();
+        let recs: Vec<MidRecord> = (1..=5)
+            .map(|i| MidRecord {
+                client: a.clone(),
+                mid: format!("m{i}"),
+                seq: Seq(i),
+                unix_ms: i * 10,
+            })
+            .collect();
+        let msgs: Vec<Message> = (1..=5).map(|i| msg(i, "a", "t")).collect();
+        s.append(&msgs, &recs).unwrap();
+        // Older than 35 ms: m1..m3; but the newest 3 (m3..m5) are kept.
+        s.forget_mids(35, 3).unwrap();
+        let left: Vec<String> = s
+            .recover()
+            .unwrap()
+            .mids
+            .into_iter()
+            .map(|r| r.mid)
+            .collect();
+        assert_eq!(left, ["m3", "m4", "m5"]);
     }
 
     #[test]
