@@ -84,16 +84,7 @@ fn start_server(dir: &std::path::Path, port: u16) -> Server {
         .map(|i| format!("c{i}"))
         .chain(["audit".to_owned()])
         .collect();
-    Server::start_raw(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--client-ids",
-        &ids.join(","),
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ])
+    Server::durable_on(dir, port, &ids.join(","))
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {

@@ -9,16 +9,7 @@ use std::collections::HashSet;
 use common::Server;
 
 fn durable(dir: &std::path::Path, port: u16) -> Server {
-    Server::start_raw(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--client-ids",
-        "1,2,3",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ])
+    Server::durable_on(dir, port, "1,2,3")
 }
 
 #[tokio::test]

@@ -12,23 +12,10 @@ fn client(port: u16, id: &str, extra: &[&str]) -> Child {
     common::client_command(port, id, extra).spawn().unwrap()
 }
 
-fn durable_on(dir: &std::path::Path, port: &str) -> Server {
-    Server::start_raw(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        port,
-        "--client-ids",
-        "1,2",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ])
-}
-
 #[tokio::test]
 async fn the_client_reconnects_after_a_crash_and_prints_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = durable_on(dir.path(), "0");
+    let mut s = Server::durable_on(dir.path(), 0, "1,2");
     let port = s.port;
     let mut c1 = client(port, "1", &[]);
     let out = common::lines_of(c1.stdout.take().unwrap());
@@ -51,7 +38,7 @@ async fn the_client_reconnects_after_a_crash_and_prints_nothing_twice() {
     s.child.wait().unwrap();
     writeln!(stdin, "typed while the server was down").unwrap();
     stdin.flush().unwrap();
-    let s = durable_on(dir.path(), &port.to_string());
+    let s = Server::durable_on(dir.path(), port, "1,2");
 
     let (mut c2, pending) = s.login("2").await;
     let _ = pending;
@@ -82,7 +69,7 @@ async fn the_client_reconnects_after_a_crash_and_prints_nothing_twice() {
 #[tokio::test]
 async fn with_no_reconnect_the_client_exits_when_the_server_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = durable_on(dir.path(), "0");
+    let mut s = Server::durable_on(dir.path(), 0, "1,2");
     let mut c = client(s.port, "1", &["--no-reconnect"]);
     let status = common::lines_of(c.stderr.take().unwrap());
     assert!(status

@@ -32,19 +32,24 @@ fn make_certs(dir: &std::path::Path, tag: &str) -> (String, String, String) {
     (path("ca.pem"), path("server.pem"), path("server.key"))
 }
 
+/// An in-memory server for `ids` speaking TLS with `cert` and `key`.
+fn tls_server(ids: &str, cert: &str, key: &str) -> Server {
+    Server::start(&[
+        "--memory",
+        "--client-ids",
+        ids,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ])
+}
+
 #[tokio::test]
 async fn clients_chat_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_certs(dir.path(), "a");
-    let s = Server::start(&[
-        "--memory",
-        "--client-ids",
-        "1,2",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let s = tls_server("1,2", &cert, &key);
     let mut listener = common::client_command(s.port, "2", &["--tls", "--ca-file", &ca])
         .spawn()
         .unwrap();
@@ -78,15 +83,7 @@ async fn clients_chat_over_tls() {
 async fn a_plain_client_on_a_tls_port_fails_cleanly_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_certs(dir.path(), "b");
-    let s = Server::start(&[
-        "--memory",
-        "--client-ids",
-        "1",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let s = tls_server("1", &cert, &key);
     let mut plain = s.connect().await;
     plain.try_send("LOGIN 1").await;
     // The server gives up on the handshake and closes; no frame comes back.
@@ -126,15 +123,7 @@ async fn a_client_that_does_not_trust_the_server_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let (_, cert, key) = make_certs(dir.path(), "c");
     let (other_ca, _, _) = make_certs(dir.path(), "d");
-    let s = Server::start(&[
-        "--memory",
-        "--client-ids",
-        "1",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let s = tls_server("1", &cert, &key);
     let out = common::client_command(s.port, "1", &["--tls", "--ca-file", &other_ca])
         .stdin(Stdio::null())
         .output()

@@ -37,6 +37,22 @@ impl Server {
         Server::spawn(cmd)
     }
 
+    /// A durable server on loopback at `port` (0: any) over `dir`, for the
+    /// comma-separated `ids`; the same port and directory again restart it.
+    pub fn durable_on(dir: &std::path::Path, port: u16, ids: &str) -> Server {
+        let port = port.to_string();
+        Server::start_raw(&[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--client-ids",
+            ids,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+    }
+
     /// Runs `cmd` (which must end up exec'ing the server) and waits for its
     /// `listening on` line.
     pub fn spawn(mut cmd: Command) -> Server {
