@@ -421,7 +421,7 @@ async fn a_resent_mid_is_answered_with_the_first_seq_from_any_session() {
 
 #[test]
 fn the_mid_window_keeps_the_newest_and_the_recent() {
-    use herald::actors::registry::MidWindow;
+    use herald::actors::dedupe::MidWindow;
     let mut w = MidWindow::default();
     let (keep, age, now) = (3, 1_000, 10_000);
     // Old ones beyond `keep` are forgotten…

@@ -1,9 +1,11 @@
 //! Who gets what: the [`Registry`] (allow-list, cursors, who is online, the
 //! log) and one [`Session`] per connection.
 
+pub mod dedupe;
 pub mod messages;
 pub mod registry;
 pub mod session;
+mod tail;
 
 pub use messages::{SessionId, ToSession};
 pub use registry::{Registry, RegistryConfig, Retain};

@@ -15,7 +15,7 @@
 //! reading runs out of credit and simply stops being pushed to; the log is
 //! its buffer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,9 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::dedupe::MidWindow;
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
+use super::tail::Tail;
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
@@ -132,101 +134,6 @@ struct PendingSend {
     /// A resend of a mid stored (or being stored) already: answered with
     /// the first copy's seq, not stored again.
     dup: bool,
-}
-
-/// The message ids one client id used recently, for dropping resends.
-#[derive(Debug, Default)]
-pub struct MidWindow {
-    seqs: HashMap<String, Seq>,
-    order: VecDeque<(String, u64)>,
-}
-
-impl MidWindow {
-    /// The seq stored under `mid`, if it is remembered.
-    pub fn get(&self, mid: &str) -> Option<Seq> {
-        self.seqs.get(mid).copied()
-    }
-
-    /// Remembers `mid` → `seq`; forgets the oldest mids beyond `keep` that
-    /// are older than `max_age_ms` (so at least `keep`, and everything from
-    /// the last `max_age_ms`, is remembered).
-    pub fn insert(
-        &mut self,
-        mid: String,
-        seq: Seq,
-        unix_ms: u64,
-        keep: usize,
-        max_age_ms: u64,
-        now_ms: u64,
-    ) {
-        self.seqs.insert(mid.clone(), seq);
-        self.order.push_back((mid, unix_ms));
-        while self.order.len() > keep {
-            match self.order.front() {
-                Some((_, t)) if now_ms.saturating_sub(*t) > max_age_ms => {
-                    if let Some((old, _)) = self.order.pop_front() {
-                        // A mid stored again later points at its newer copy.
-                        if self.order.iter().all(|(m, _)| *m != old) {
-                            self.seqs.remove(&old);
-                        }
-                    }
-                }
-                _ => break,
-            }
-        }
-    }
-
-    /// How many mids are remembered.
-    pub fn len(&self) -> usize {
-        self.seqs.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
-    }
-}
-
-/// The in-memory tail of the log: the newest messages, for live fan-out.
-#[derive(Default)]
-struct Tail {
-    messages: VecDeque<Message>,
-    bytes: usize,
-}
-
-impl Tail {
-    /// Seq of the oldest message held, or `None` when empty.
-    fn first_seq(&self) -> Option<Seq> {
-        self.messages.front().map(Message::seq)
-    }
-
-    /// Whether every message with seq > `after` (up to the head) is held.
-    fn covers_after(&self, after: Seq, head: Seq) -> bool {
-        match self.first_seq() {
-            Some(first) => after.next() >= first,
-            None => after >= head,
-        }
-    }
-
-    /// Messages with seq > `after`, oldest first.
-    fn after(&self, after: Seq) -> impl Iterator<Item = &Message> {
-        let skip = match self.first_seq() {
-            Some(first) if after >= first => (after.0 - first.0 + 1) as usize,
-            _ => 0,
-        };
-        self.messages.iter().skip(skip)
-    }
-
-    fn push(&mut self, m: Message, max_messages: usize, max_bytes: usize) {
-        self.bytes += m.frame().len();
-        self.messages.push_back(m);
-        while self.messages.len() > max_messages.max(1) || self.bytes > max_bytes {
-            match self.messages.pop_front() {
-                Some(old) => self.bytes -= old.frame().len(),
-                None => break,
-            }
-        }
-    }
 }
 
 /// Pushes `s` the messages after its cursor that the tail holds, while it
