@@ -106,6 +106,8 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// How often the client pings, so a server's idle timeout (300 s by
 /// default) never closes a client that is merely quiet.
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long to wait for `WELCOME` (or a refusal) after connecting.
+const LOGIN_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for `BYE` after `QUIT`.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 /// Reconnection delays: the first, and the cap.
@@ -281,6 +283,7 @@ async fn chat(
     let mut quit_deadline: Option<Instant> = None;
     let mut ack_deadline: Option<Instant> = None;
     let far = Duration::from_secs(86_400);
+    let login_deadline = Instant::now() + LOGIN_WAIT;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -435,6 +438,9 @@ async fn chat(
             }
             _ = tokio::time::sleep_until(idle_at), if config.exit_when_idle.is_some() => {
                 quit(&send, received, &mut acked, &mut quit_deadline);
+            }
+            _ = tokio::time::sleep_until(login_deadline), if !welcomed => {
+                break Ended::Lost(format!("the server did not answer LOGIN within {} s", LOGIN_WAIT.as_secs()));
             }
             _ = ping.tick(), if quit_deadline.is_none() => {
                 send(ClientFrame::Ping { token: None });

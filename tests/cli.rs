@@ -179,3 +179,31 @@ fn bad_flags_exit_2_and_runtime_failures_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn a_server_that_never_answers_login_does_not_hang_the_client() {
+    // A listener that accepts and says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (done, wait_done) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = silent.accept();
+        // Hold the connection open, silent, until the client has given up.
+        let _ = wait_done.recv();
+        drop(conn);
+    });
+    let start = std::time::Instant::now();
+    let out = client(port, "1", &["--exit-when-idle", "100"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not answer LOGIN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    done.send(()).unwrap();
+    holder.join().unwrap();
+}
