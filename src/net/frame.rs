@@ -489,8 +489,8 @@ impl ServerFrame {
                 from,
                 text,
             } => {
-                let (frame, _) = encode_msg(*seq, *unix_ms, from, text);
-                dst.put_slice(&frame[..frame.len() - 1]);
+                put_msg_head(dst, *seq, *unix_ms, from);
+                dst.put_slice(text);
             }
             ServerFrame::Sent { seq } => {
                 dst.put_slice(b"SENT ");
@@ -536,20 +536,25 @@ fn put_u64(dst: &mut BytesMut, n: u64) {
     dst.put_slice(&buf[i..]);
 }
 
-/// Encodes `MSG <seq> <unix_ms> <from> <text>\n` and returns it with the
-/// offset at which the text starts.
-pub fn encode_msg(seq: Seq, unix_ms: u64, from: &ClientId, text: &[u8]) -> (Bytes, usize) {
-    let mut dst = BytesMut::with_capacity(msg_len_bound(from, text));
-    encode_msg_into(&mut dst, seq, unix_ms, from, text)
-}
-
 /// An upper bound of the length of a `MSG` frame.
 pub fn msg_len_bound(from: &ClientId, text: &[u8]) -> usize {
     4 + 21 + 21 + from.as_str().len() + 1 + text.len() + 1
 }
 
-/// Like [`encode_msg`], but appends the frame to `dst` and splits it off,
-/// so many frames can share one allocation when `dst` has room for them.
+/// Appends `MSG <seq> <unix_ms> <from> ` (everything before the text).
+fn put_msg_head(dst: &mut BytesMut, seq: Seq, unix_ms: u64, from: &ClientId) {
+    dst.put_slice(b"MSG ");
+    put_u64(dst, seq.0);
+    dst.put_u8(b' ');
+    put_u64(dst, unix_ms);
+    dst.put_u8(b' ');
+    dst.put_slice(from.as_str().as_bytes());
+    dst.put_u8(b' ');
+}
+
+/// Encodes `MSG <seq> <unix_ms> <from> <text>\n` into the empty `dst` and
+/// splits it off, returning it with the offset at which the text starts;
+/// many frames share one allocation when `dst` has room for them.
 pub fn encode_msg_into(
     dst: &mut BytesMut,
     seq: Seq,
@@ -558,13 +563,7 @@ pub fn encode_msg_into(
     text: &[u8],
 ) -> (Bytes, usize) {
     debug_assert!(dst.is_empty());
-    dst.put_slice(b"MSG ");
-    put_u64(dst, seq.0);
-    dst.put_u8(b' ');
-    put_u64(dst, unix_ms);
-    dst.put_u8(b' ');
-    dst.put_slice(from.as_str().as_bytes());
-    dst.put_u8(b' ');
+    put_msg_head(dst, seq, unix_ms, from);
     let text_start = dst.len();
     dst.put_slice(text);
     dst.put_u8(b'\n');
