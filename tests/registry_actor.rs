@@ -382,6 +382,30 @@ async fn shutdown_says_bye_to_every_session() {
 }
 
 #[actix_rt::test]
+async fn during_shutdown_sends_are_left_unanswered_and_logins_refused() {
+    let r = start(&["a", "b"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    a.publish("before");
+    let shutdown = r.send(Shutdown);
+    // Arrives after the shutdown began: never refused with ERR (the client
+    // would drop it), only left unanswered until `BYE shutdown`.
+    a.publish("during");
+    assert_eq!(a.sent().await, vec![Seq(1)]);
+    assert!(matches!(
+        a.next().await,
+        ToSession::Bye(ByeReason::Shutdown)
+    ));
+    let mut b = Client::connect(&r, "b", true).await;
+    match b.next().await {
+        ToSession::LoginRefused(e, ByeReason::Shutdown) => assert_eq!(e.code, ErrorCode::Limit),
+        other => panic!("expected a refusal with BYE shutdown, got {other:?}"),
+    }
+    a.disconnect();
+    shutdown.await.unwrap();
+}
+
+#[actix_rt::test]
 async fn a_resent_mid_is_answered_with_the_first_seq_from_any_session() {
     let r = start(&["a", "b"], RegistryConfig::default());
     let mut a1 = Client::connect(&r, "a", true).await;

@@ -169,6 +169,15 @@ fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) ->
     false
 }
 
+/// Refuses a login because the server is stopping; the client may retry
+/// (on another node, or once it is back).
+fn refuse_during_shutdown(to: &Recipient<ToSession>) {
+    to.do_send(ToSession::LoginRefused(
+        FrameError::new(ErrorCode::Limit, "server is shutting down"),
+        ByeReason::Shutdown,
+    ));
+}
+
 /// Secrets checking: the hashes, the verifier threads, and recent failures
 /// per peer address (each failure in a row doubles the wait before the
 /// refusal, against guessing).
@@ -646,10 +655,7 @@ impl Handler<Login> for Registry {
         let ip = peer.map(|p| p.ip());
         let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
         if self.shutting_down {
-            to.do_send(ToSession::LoginRefused(
-                FrameError::new(ErrorCode::Limit, "server is shutting down"),
-                ByeReason::Shutdown,
-            ));
+            refuse_during_shutdown(&to);
             return;
         }
         let Some(auth) = &self.auth else {
@@ -750,10 +756,9 @@ impl Registry {
             return;
         };
         if self.shutting_down {
-            s.to.do_send(ToSession::SendRefused(FrameError::new(
-                ErrorCode::Limit,
-                "server is shutting down",
-            )));
+            // Refusing it would make the client drop a line it could store
+            // after a reconnect; left unanswered, the session's `BYE
+            // shutdown` tells the client to resend it.
             return;
         }
         let from = s.id.clone();
@@ -786,6 +791,12 @@ impl Registry {
         peer: &str,
         ctx: &mut Context<Self>,
     ) {
+        // Every login passes here, also one whose secret was checked while
+        // the shutdown began: it would never be told `BYE shutdown`.
+        if self.shutting_down {
+            refuse_during_shutdown(&to);
+            return;
+        }
         let Some(user) = self.users.get_mut(&id) else {
             log::info!("refused login of unknown client id {id} from {peer}");
             to.do_send(ToSession::LoginRefused(
