@@ -111,7 +111,11 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
 /// unknown id costs the same time as a wrong secret.
 const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZGVjb3lkZWNveWRlY295$5i7mXlDj5z4ObVJ3oMbZKZ1q1dQe6WZ4e0O2jW7kRJI";
 
-/// Checks secrets on its own threads; start with `SyncArbiter::start`.
+/// How many threads check secrets: the most checks that run at once.
+pub const VERIFIER_THREADS: usize = 2;
+
+/// Checks secrets on its own threads; start with
+/// `SyncArbiter::start(VERIFIER_THREADS, …)`.
 #[derive(Debug, Default)]
 pub struct Verifier;
 

@@ -151,7 +151,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // Hashing is slow on purpose: two threads of its own, off every event loop.
     let verifier = secrets
         .as_ref()
-        .map(|_| SyncArbiter::start(2, || crate::auth::Verifier));
+        .map(|_| SyncArbiter::start(crate::auth::VERIFIER_THREADS, || crate::auth::Verifier));
     let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
         let registry = Registry::new(registry_config, ids, recovered, store);
         match (secrets, verifier) {

@@ -6,6 +6,7 @@ pub mod messages;
 pub mod registry;
 pub mod session;
 mod tail;
+pub mod throttle;
 
 pub use messages::{SessionId, ToSession};
 pub use registry::{Registry, RegistryConfig, Retain};

@@ -16,7 +16,6 @@
 //! its buffer.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -26,7 +25,8 @@ use tokio::sync::oneshot;
 use super::dedupe::MidWindow;
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
 use super::tail::Tail;
-use crate::auth::{Secrets, Verifier, Verify};
+use super::throttle::{Origin, Ready, Throttle, MAX_IN_PROGRESS_PER_ORIGIN};
+use crate::auth::{Secrets, Verifier, Verify, VERIFIER_THREADS};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
     Append, CountFromOthers, ForgetMids, MidRecord, Prune, ReadAfter, Recovered, SaveAcks,
@@ -178,26 +178,26 @@ fn refuse_during_shutdown(to: &Recipient<ToSession>) {
     ));
 }
 
-/// Secrets checking: the hashes, the verifier threads, and recent failures
-/// per peer address (each failure in a row doubles the wait before the
-/// refusal, against guessing).
+/// Secrets checking: the hashes, the verifier threads, and the throttle
+/// that decides when each login's secret is checked, against guessing.
 struct Auth {
     secrets: Secrets,
     verifier: Addr<Verifier>,
-    failures: HashMap<IpAddr, (u32, Instant)>,
+    throttle: Throttle<Attempt>,
+    /// The timer that starts the check whose wait ends first, and when.
+    wake: Option<(Instant, SpawnHandle)>,
 }
 
-/// The wait before refusing the `n`th failed login in a row from one address.
-fn failure_delay(n: u32) -> Duration {
-    FIRST_FAILURE_DELAY
-        .saturating_mul(1 << n.saturating_sub(1).min(16))
-        .min(MAX_FAILURE_DELAY)
+/// A login whose secret waits to be checked.
+struct Attempt {
+    to: Recipient<ToSession>,
+    secret: Option<String>,
+    /// The peer, for logs.
+    peer: String,
 }
 
-const FIRST_FAILURE_DELAY: Duration = Duration::from_millis(100);
-const MAX_FAILURE_DELAY: Duration = Duration::from_secs(10);
-/// Failures older than this no longer count.
-const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+/// How often forgotten login failures are swept from memory.
+const FAILURE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The registry actor. Start it on an arbiter of its own.
 pub struct Registry {
@@ -286,12 +286,13 @@ impl Registry {
     }
 
     /// Checks every `LOGIN`'s secret against `secrets` (on `verifier`'s
-    /// threads) before admitting it.
+    /// [`VERIFIER_THREADS`] threads, throttled) before admitting it.
     pub fn with_secrets(mut self, secrets: Secrets, verifier: Addr<Verifier>) -> Registry {
         self.auth = Some(Auth {
             secrets,
             verifier,
-            failures: HashMap::new(),
+            throttle: Throttle::new(VERIFIER_THREADS),
+            wake: None,
         });
         self
     }
@@ -638,6 +639,11 @@ impl Actor for Registry {
                 keep: act.config.dedupe_keep,
             });
         });
+        ctx.run_interval(FAILURE_SWEEP_INTERVAL, |act, _| {
+            if let Some(auth) = act.auth.as_mut() {
+                auth.throttle.sweep(Instant::now());
+            }
+        });
     }
 }
 
@@ -650,94 +656,143 @@ impl Handler<Login> for Registry {
             id,
             to,
             peer,
-            secret: msg_secret,
+            secret,
         } = msg;
-        let ip = peer.map(|p| p.ip());
+        let origin = Origin::of(peer.map(|p| p.ip()));
         let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
         if self.shutting_down {
             refuse_during_shutdown(&to);
             return;
         }
-        let Some(auth) = &self.auth else {
+        let Some(auth) = self.auth.as_mut() else {
             self.admit(sid, id, to, &peer, ctx);
             return;
         };
-        let hash = self
-            .users
-            .contains_key(&id)
-            .then(|| auth.secrets.hash(&id).map(str::to_owned))
-            .flatten();
-        self.authenticating.insert(sid, Vec::new());
-        auth.verifier
-            .send(Verify {
-                secret: msg_secret,
-                hash,
-            })
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                let ok = res.unwrap_or_else(|e| {
-                    log::error!("secret verifier unreachable: {e}");
-                    false
-                });
-                act.on_verified(ok, sid, id, to, ip, peer, ctx);
-            })
-            .spawn(ctx);
+        let attempt = Attempt { to, secret, peer };
+        match auth.throttle.request(sid, origin, id.clone(), attempt) {
+            Ok(()) => {
+                self.authenticating.insert(sid, Vec::new());
+                self.start_checks(ctx);
+            }
+            Err(attempt) => {
+                log::warn!(
+                    "refused login as {id} from {}: {MAX_IN_PROGRESS_PER_ORIGIN} logins already in progress from its address",
+                    attempt.peer
+                );
+                attempt.to.do_send(ToSession::LoginRefused(
+                    FrameError::new(
+                        ErrorCode::Limit,
+                        "too many logins in progress from your address",
+                    ),
+                    ByeReason::Limit,
+                ));
+            }
+        }
     }
 }
 
 impl Registry {
-    /// A secret was checked: admit the session, or refuse it after a delay
-    /// that grows with each failure in a row from its address.
-    #[allow(clippy::too_many_arguments)]
+    /// Hands the verifier threads every check the throttle lets start now,
+    /// and sets a timer for the wait that ends first.
+    fn start_checks(&mut self, ctx: &mut Context<Self>) {
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut started = Vec::new();
+        while let Some(mut ready) = auth.throttle.next(now) {
+            let hash = self
+                .users
+                .contains_key(&ready.id)
+                .then(|| auth.secrets.hash(&ready.id).map(str::to_owned))
+                .flatten();
+            log::debug!(
+                "checking the secret of {} from {}",
+                ready.id,
+                ready.item.peer
+            );
+            let check = auth.verifier.send(Verify {
+                secret: ready.item.secret.take(),
+                hash,
+            });
+            started.push((ready, check));
+        }
+        if let Some(at) = auth.throttle.wake_at(now) {
+            if auth.wake.as_ref().is_none_or(|(t, _)| at < *t) {
+                if let Some((_, old)) = auth.wake.take() {
+                    ctx.cancel_future(old);
+                }
+                let timer = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
+                    if let Some(auth) = act.auth.as_mut() {
+                        auth.wake = None;
+                    }
+                    act.start_checks(ctx);
+                });
+                auth.wake = Some((at, timer));
+            }
+        }
+        for (ready, check) in started {
+            let Ready { session, id, item } = ready;
+            check
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let ok = res.unwrap_or_else(|e| {
+                        log::error!("secret verifier unreachable: {e}");
+                        false
+                    });
+                    act.on_verified(ok, session, id, item, ctx);
+                })
+                .spawn(ctx);
+        }
+    }
+
+    /// A secret was checked: admit the session, or refuse it once the wait
+    /// its failure earned is over (see [`Throttle`]). The outcome counts even
+    /// if the connection closed meanwhile.
     fn on_verified(
         &mut self,
         ok: bool,
         sid: SessionId,
         id: ClientId,
-        to: Recipient<ToSession>,
-        ip: Option<IpAddr>,
-        peer: String,
+        attempt: Attempt,
         ctx: &mut Context<Self>,
     ) {
-        let Some(queued) = self.authenticating.remove(&sid) else {
-            // It disconnected while its secret was being checked.
-            return;
-        };
         let Some(auth) = self.auth.as_mut() else {
             return;
         };
+        let verdict = auth.throttle.finished(sid, ok, Instant::now());
+        // `None`: it disconnected while its secret was being checked.
+        let queued = self.authenticating.remove(&sid);
+        self.start_checks(ctx);
+        let Attempt { to, peer, .. } = attempt;
         if ok {
-            if let Some(ip) = ip {
-                auth.failures.remove(&ip);
-            }
-            self.admit(sid, id, to, &peer, ctx);
-            for p in queued {
-                self.publish(p, ctx);
+            match queued {
+                Some(queued) => {
+                    self.admit(sid, id, to, &peer, ctx);
+                    for p in queued {
+                        self.publish(p, ctx);
+                    }
+                }
+                None => log::info!("right secret for {id} from {peer}, but it had disconnected"),
             }
             return;
         }
-        let now = Instant::now();
-        let n = match ip {
-            Some(ip) => {
-                let entry = auth.failures.entry(ip).or_insert((0, now));
-                if now.duration_since(entry.1) > FAILURE_MEMORY {
-                    entry.0 = 0;
-                }
-                entry.0 += 1;
-                entry.1 = now;
-                entry.0
-            }
-            None => 1,
+        let n = verdict.failures;
+        let gone = if queued.is_some() {
+            ""
+        } else {
+            "; it had disconnected"
         };
-        let delay = failure_delay(n);
         let refusal = if self.users.contains_key(&id) {
-            log::warn!("failed login as {id} from {peer}: wrong or missing secret ({n} in a row)");
+            log::warn!(
+                "failed login as {id} from {peer}: wrong or missing secret ({n} in a row{gone})"
+            );
             ToSession::LoginRefused(
                 FrameError::new(ErrorCode::AuthFailed, "wrong or missing secret"),
                 ByeReason::AuthFailed,
             )
         } else {
-            log::warn!("failed login as unknown client id {id} from {peer} ({n} in a row)");
+            log::warn!("failed login as unknown client id {id} from {peer} ({n} in a row{gone})");
             ToSession::LoginRefused(
                 FrameError::new(
                     ErrorCode::UnknownClient,
@@ -746,7 +801,9 @@ impl Registry {
                 ByeReason::UnknownClient,
             )
         };
-        ctx.run_later(delay, move |_, _| to.do_send(refusal));
+        if queued.is_some() {
+            ctx.run_later(verdict.delay, move |_, _| to.do_send(refusal));
+        }
     }
 
     /// Queues a logged-in session's `SEND` for the next commit.
@@ -902,7 +959,12 @@ impl Handler<Disconnect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
-        self.authenticating.remove(&msg.session);
+        if self.authenticating.remove(&msg.session).is_some() {
+            // Its secret will not be checked, if that has not begun.
+            if let Some(auth) = self.auth.as_mut() {
+                auth.throttle.cancel(msg.session);
+            }
+        }
         if let Some(s) = self.sessions.get(&msg.session) {
             log::info!("client {} disconnected", s.id);
         }
