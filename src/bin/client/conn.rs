@@ -265,6 +265,25 @@ impl Shell {
         actions
     }
 
+    /// Hands an event to the machine; its answer.
+    fn handle(&mut self, machine: &mut Machine, event: Event) -> Vec<Action> {
+        match event {
+            Event::Read(0) => {
+                let why = self.lost_reason("the server closed the connection".into());
+                machine.on_lost(&why)
+            }
+            Event::Read(_) => self.frames(machine),
+            Event::Wrote => Vec::new(),
+            Event::Failed(e) => {
+                let why = self.lost_reason(format!("connection to the server failed: {e}"));
+                machine.on_lost(&why)
+            }
+            Event::Stdin(event) => machine.on_stdin(now(), event),
+            Event::Tick => machine.on_tick(now()),
+            Event::Signal => machine.on_signal(now()),
+        }
+    }
+
     /// Why the connection ended, with a TLS hint when it ended before its
     /// first frame on a plain connection.
     fn lost_reason(&self, what: String) -> String {
@@ -342,24 +361,10 @@ pub async fn run(
                 _ = sleep_until(wake) => Event::Tick,
                 _ = &mut signal, if !signalled => Event::Signal,
             };
-            match event {
-                Event::Read(0) => {
-                    let why = shell.lost_reason("the server closed the connection".into());
-                    machine.on_lost(&why)
-                }
-                Event::Read(_) => shell.frames(&mut machine),
-                Event::Wrote => Vec::new(),
-                Event::Failed(e) => {
-                    let why = shell.lost_reason(format!("connection to the server failed: {e}"));
-                    machine.on_lost(&why)
-                }
-                Event::Stdin(event) => machine.on_stdin(now(), event),
-                Event::Tick => machine.on_tick(now()),
-                Event::Signal => {
-                    signalled = true;
-                    machine.on_signal(now())
-                }
+            if matches!(event, Event::Signal) {
+                signalled = true;
             }
+            shell.handle(&mut machine, event)
         };
         if let Some(outcome) = shell.apply(actions).await? {
             return Ok(outcome);

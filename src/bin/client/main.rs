@@ -44,8 +44,10 @@ const DEFAULT_MAX_FRAME_BYTES: u64 = 16 << 20;
 /// BYE replaced. A message is acknowledged only once printed and never
 /// printed twice; a frame it cannot decode ends the connection instead of
 /// being skipped. Memory is bounded: at most 1,024 unconfirmed lines (stdin
-/// is not read while they hold 4 MiB or more), and at most one resend of
-/// them plus 64 KiB waiting to be written (more ends the connection).
+/// is not read while they hold 4 MiB or more; a line over --max-frame-bytes
+/// is skipped), and at most 4 MiB + --max-frame-bytes + 64 KiB waiting to
+/// be written (more means the server stopped reading: the connection is
+/// made again).
 #[derive(Parser, Debug)]
 #[command(name = "client", version)]
 struct Args {
