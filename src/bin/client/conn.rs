@@ -269,13 +269,14 @@ impl Shell {
     fn handle(&mut self, machine: &mut Machine, event: Event) -> Vec<Action> {
         match event {
             Event::Read(0) => {
-                let why = self.lost_reason("the server closed the connection".into());
+                let why = self.lost_reason(machine, "the server closed the connection".into());
                 machine.on_lost(&why)
             }
             Event::Read(_) => self.frames(machine),
             Event::Wrote => Vec::new(),
             Event::Failed(e) => {
-                let why = self.lost_reason(format!("connection to the server failed: {e}"));
+                let why =
+                    self.lost_reason(machine, format!("connection to the server failed: {e}"));
                 machine.on_lost(&why)
             }
             Event::Stdin(event) => machine.on_stdin(now(), event),
@@ -285,11 +286,18 @@ impl Shell {
     }
 
     /// Why the connection ended, with a TLS hint when it ended before its
-    /// first frame on a plain connection.
-    fn lost_reason(&self, what: String) -> String {
+    /// first frame on a plain connection: always when TLS bytes came, and
+    /// when nothing came only if no login ever worked (a server that
+    /// restarts closes connections like that too).
+    fn lost_reason(&self, machine: &Machine, what: String) -> String {
         match &self.conn {
             Some(conn) if self.target.tls.is_none() && !conn.any_frame => {
-                format!("{what}{}", plain_hint(&conn.read_buf))
+                let hint = plain_hint(&conn.read_buf);
+                if conn.read_buf.is_empty() && machine.ever_logged_in() {
+                    what
+                } else {
+                    format!("{what}{hint}")
+                }
             }
             _ => what,
         }

@@ -187,6 +187,11 @@ impl Machine {
         !matches!(self.phase, Phase::Down | Phase::Done)
     }
 
+    /// Whether a login ever succeeded in this run.
+    pub fn ever_logged_in(&self) -> bool {
+        self.ever_logged_in
+    }
+
     /// Lines read and not yet confirmed.
     #[cfg(test)]
     pub fn unconfirmed(&self) -> usize {
