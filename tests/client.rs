@@ -357,3 +357,42 @@ async fn tls_mismatches_get_a_hint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("try --tls --ca-file"), "{err}");
 }
+
+/// The client's resident set high-water mark in KiB (Linux).
+fn peak_rss_kib(child: &Child) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stdin_line_over_the_frame_limit_is_skipped_in_bounded_memory() {
+    let s = Server::start(&["--memory", "--client-ids", "1,2"]);
+    let (mut receiver, _) = s.login("2").await;
+    let mut c = client(s.port, "1", &["--max-frame-bytes", "1048576"]);
+    let err = common::lines_of(c.stderr.take().unwrap());
+    let mut stdin = c.stdin.take().unwrap();
+    let typist = std::thread::spawn(move || {
+        stdin.write_all(b"first\n").unwrap();
+        // 64 MiB without a newline, then the rest of the line.
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            stdin.write_all(&block).unwrap();
+        }
+        stdin.write_all(b"\nlast\n").unwrap();
+        stdin
+    });
+    let texts: Vec<String> = receiver.msgs(2).await.into_iter().map(|m| m.2).collect();
+    assert_eq!(texts, ["first", "last"]);
+    wait_for(&err, DEADLINE, |l| l.contains("skipped a line longer"));
+    let stdin = typist.join().unwrap();
+    // Debug builds idle at well under 20 MiB; a buffered line would be 64.
+    let kib = peak_rss_kib(&c);
+    eprintln!("client peak RSS {kib} KiB");
+    assert!(kib < 32 * 1024, "client peak RSS {kib} KiB");
+    drop(stdin);
+    kill(&mut c);
+}
