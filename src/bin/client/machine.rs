@@ -351,8 +351,16 @@ impl Machine {
         now: Instant,
         frame: Result<ServerFrame, FrameError>,
     ) -> Vec<Action> {
-        if matches!(self.phase, Phase::Down | Phase::Done) {
-            return Vec::new();
+        match self.phase {
+            Phase::Down | Phase::Done => return Vec::new(),
+            // After QUIT only the end matters: any BYE, or anything the
+            // client cannot decode, ends the run as asked.
+            Phase::Quitting { .. }
+                if frame.is_err() || matches!(frame, Ok(ServerFrame::Bye { .. })) =>
+            {
+                return self.exit(Outcome::Quit);
+            }
+            _ => {}
         }
         let frame = match frame {
             Ok(frame) => frame,

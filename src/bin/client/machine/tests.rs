@@ -477,3 +477,15 @@ fn a_quit_still_takes_confirmations_and_says_what_was_left_unconfirmed() {
     assert!(notes(&a).contains("1 line(s) were not confirmed"), "{a:?}");
     assert_eq!(exit(&a), Some(&Outcome::Quit));
 }
+
+#[test]
+fn after_quit_any_bye_or_bad_frame_ends_the_run() {
+    for last in [
+        bye(ByeReason::Shutdown),
+        Err(FrameError::new(ErrorCode::BadFrame, "garbage")),
+    ] {
+        let (mut m, t) = online(settings());
+        m.on_signal(t);
+        assert_eq!(exit(&m.on_frame(t, last)), Some(&Outcome::Quit));
+    }
+}
