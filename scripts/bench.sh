@@ -95,7 +95,7 @@ for w in "${workloads[@]}"; do
             run_load durable-none sends_per_sec --data-dir "$work/data" --sync none -- durable --messages 10000
             run_load durable-always sends_per_sec --data-dir "$work/data" --sync always -- durable --messages 10000
             ;;
-        single) run_load single-always sends_per_sec --data-dir "$work/data" --sync always -- durable --senders 1 --messages 200000 ;;
+        single) run_load single-always sends_per_sec --data-dir "$work/data" --sync always -- durable --clients 1 --messages 200000 ;;
         catchup)
             for ((r = 1; r <= RUNS; r++)); do
                 start_server --data-dir "$work/data" --sync always

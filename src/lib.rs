@@ -12,9 +12,7 @@
 
 pub mod actors;
 pub mod auth;
-pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod net;
 pub mod server;
 pub mod store;

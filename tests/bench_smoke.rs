@@ -50,7 +50,7 @@ fn durable_confirms_every_send() {
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);
-    let r = bench(s.port, &["durable", "--senders", "3", "--messages", "40"]);
+    let r = bench(s.port, &["durable", "--clients", "3", "--messages", "40"]);
     assert_eq!(r["workload"], "durable");
     assert_eq!(r["sends"], 120);
 }

@@ -95,12 +95,15 @@ async fn a_plain_client_on_a_tls_port_fails_cleanly_on_both_sides() {
     .await
     .expect("the server did not close the plain connection");
     assert!(!String::from_utf8_lossy(&buf).contains("WELCOME"));
-    // The client binary without --tls says it lost the connection.
+    // The client binary without --tls says it lost the connection, and
+    // that TLS may be why.
     let out = common::client_command(s.port, "1", &["--no-reconnect"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS"), "no hint at TLS: {err}");
     // And the server goes on serving TLS clients.
     let ok = common::client_command(
         s.port,
@@ -116,6 +119,20 @@ async fn a_plain_client_on_a_tls_port_fails_cleanly_on_both_sides() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(s.log.lock().unwrap().contains("TLS handshake"));
+}
+
+#[test]
+fn a_tls_client_on_a_plain_port_is_told_to_drop_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, _) = make_certs(dir.path(), "e");
+    let s = Server::start(&["--memory", "--client-ids", "1"]);
+    let out = common::client_command(s.port, "1", &["--tls", "--ca-file", &ca])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drop --tls"), "{err}");
 }
 
 #[tokio::test]

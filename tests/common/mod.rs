@@ -278,3 +278,24 @@ pub fn run_bench(port: u16, args: &[&str]) -> serde_json::Value {
     let stdout = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
 }
+
+/// Sends a signal (`TERM`, `KILL`, …) to a child process.
+pub fn signal_child(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (bounded by `within`) for a child to exit; its status code.
+pub fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

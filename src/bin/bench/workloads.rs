@@ -1,4 +1,4 @@
-//! Load generation against a running server, for the `bench` binary.
+//! The `bench` workloads: load generation against a running server.
 //!
 //! Every workload speaks protocol v1 over its own connections and checks
 //! what it gets: a run that loses, duplicates or reorders a message fails
@@ -432,7 +432,7 @@ pub async fn connections(
     count: usize,
     server_pid: Option<u32>,
 ) -> anyhow::Result<ConnectionsReport> {
-    let limit = crate::cli::raise_fd_limit().context("cannot raise the open-file limit")?;
+    let limit = herald::cli::raise_fd_limit().context("cannot raise the open-file limit")?;
     ensure!(
         (count as u64) + 64 < limit,
         "{count} connections need more than the open-file limit {limit}"

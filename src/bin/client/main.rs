@@ -1,19 +1,55 @@
-//! `client`: a line-oriented Herald chat client. Parses the command line and
-//! runs [`herald::client::run`].
+//! `client`: a line-oriented Herald chat client for terminals, pipes and
+//! scripts. Parses the command line, then runs the I/O shell ([`conn`])
+//! around the client's rules ([`machine`]).
+//!
+//! Every non-empty stdin line is sent as one message and kept until its
+//! `SENT`; every received message is printed as `<from>: <text>` and
+//! acknowledged once printed; status goes to stderr. A lost connection is
+//! reconnected with backoff and every unconfirmed line resent in order with
+//! its message id (`@mid=…`), so the broker stores it once.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// No panics on input or I/O paths: errors are values. Tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use herald::client::{ClientConfig, ClientTls, Outcome};
 use herald::ClientId;
 
-/// Herald chat client: sends every line typed on stdin, prints every message
-/// received as `<from>: <text>`.
+mod conn;
+mod machine;
+mod stdin;
+
+use conn::{ClientTls, Target};
+use machine::{Machine, Outcome, Settings};
+
+/// The client's default frame limit: 16 MiB. The server's own limit
+/// (`--max-frame-bytes`, 64 KiB by default) may be raised up to 1 GiB.
+const DEFAULT_MAX_FRAME_BYTES: u64 = 16 << 20;
+
+/// Herald chat client: sends every line typed on stdin to the server at
+/// --server-ip/--port, prints every message received as `<from>: <text>`.
+///
+/// Each line is kept until the server confirms it (SENT); when the
+/// connection drops or the server stops or is full (BYE shutdown, BYE
+/// limit, ERR LIMIT), the client reconnects with backoff (100 ms doubling
+/// to 5 s, with jitter) and resends every unconfirmed line, in order, with
+/// the same message id, so it is stored once. A line is dropped (with a
+/// note on stderr) only when the server refuses it for good (EMPTY_MESSAGE,
+/// FRAME_TOO_LONG, BAD_FRAME). It exits 1 on UNKNOWN_CLIENT, AUTH_FAILED or
+/// BYE replaced. A message is acknowledged only once printed and never
+/// printed twice; a frame it cannot decode ends the connection instead of
+/// being skipped. Memory is bounded: at most 1,024 unconfirmed lines (stdin
+/// is not read while they hold 4 MiB or more; a line over --max-frame-bytes
+/// is skipped), and at most 4 MiB + --max-frame-bytes + 64 KiB waiting to
+/// be written (more means the server stopped reading: the connection is
+/// made again).
 #[derive(Parser, Debug)]
-#[command(name = "client", version, about)]
+#[command(name = "client", version)]
 struct Args {
     /// The client id to log in as.
     #[arg(long, value_parser = |s: &str| ClientId::new(s).map_err(|e| e.to_string()))]
@@ -28,13 +64,15 @@ struct Args {
     port: u16,
 
     /// For scripts: once stdin has ended and every line is confirmed
-    /// (SENT), quit (status 0) after no message arrived for MS milliseconds.
+    /// (SENT), quit (status 0) after no message (MSG) arrived and no line
+    /// was read for MS milliseconds; pings and their answers do not count.
     /// Without it the client keeps receiving after stdin ends.
     #[arg(long, value_name = "MS")]
     exit_when_idle: Option<u64>,
 
-    /// Exit when the connection drops instead of reconnecting (by default
-    /// the client reconnects with backoff and resends unconfirmed lines).
+    /// Exit (status 1) when the connection drops or the server stops or is
+    /// full, instead of reconnecting with backoff and resending unconfirmed
+    /// lines.
     #[arg(long)]
     no_reconnect: bool,
 
@@ -60,6 +98,13 @@ struct Args {
     /// The name the server's certificate must carry (default: --server-ip).
     #[arg(long, value_name = "NAME", requires = "tls")]
     tls_server_name: Option<String>,
+
+    /// Longest frame accepted from the server, and longest stdin line, in
+    /// bytes (16 to 1 GiB). It must be at least the server's
+    /// --max-frame-bytes: a longer frame ends the connection, unacknowledged.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FRAME_BYTES,
+          value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
+    max_frame_bytes: u64,
 }
 
 /// TLS settings from the flags.
@@ -119,17 +164,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = ClientConfig {
-        tls,
-        secret,
-        server: args.server_ip,
-        port: args.port,
+    let settings = Settings {
         id: args.client_id,
+        secret,
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
         reconnect: !args.no_reconnect,
         show_seq: args.show_seq,
+        mid_prefix: mid_prefix(),
     };
-    let result = match herald::cli::block_on_current_thread(herald::client::run(config)) {
+    let target = Target {
+        server: args.server_ip,
+        port: args.port,
+        tls,
+        max_frame_bytes: usize::try_from(args.max_frame_bytes).unwrap_or(usize::MAX),
+    };
+    let machine = Machine::new(settings, std::time::Instant::now());
+    let run = conn::run(target, machine, tokio::io::stdin());
+    let result = match herald::cli::block_on_current_thread(run) {
         Ok(result) => result,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -147,8 +198,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: cannot write to stdout: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// A message id prefix unique across this client's restarts: the clock and
+/// the process id (a counter follows it in each id).
+fn mid_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}.{:x}", nanos, std::process::id())
 }

@@ -1,5 +1,5 @@
 //! `bench`: a load generator for a running Herald server. Parses the
-//! command line and runs a workload from [`herald::bench`]; see
+//! command line and runs a workload from [`workloads`]; see
 //! docs/benchmarks.md.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,15 +7,26 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use herald::bench::{self, CatchupOpts, LoadOpts};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-/// Measures a running Herald server over its own protocol connections. The
-/// server must allow the ids a workload uses (bench-0 …, bench-w, bench-r,
-/// idle-0 …) and should be fresh: a workload refuses to run when its ids
-/// have old messages pending.
+mod workloads;
+
+use workloads as bench;
+use workloads::{CatchupOpts, LoadOpts};
+
+/// Herald load generator: measures a running Herald server (it is not a
+/// server itself) over ordinary protocol connections.
+///
+/// The server must allow the client ids the workload uses: fanout and
+/// durable use bench-0 … bench-<N-1> (N = --clients); catchup uses bench-w
+/// and bench-r; connections uses idle-0 … idle-<N-1> and bench-0; fsync
+/// needs no server. For example: server --client-ids
+/// bench-0,bench-1,bench-w,bench-r … --max-connections 20000. Every
+/// workload wants a fresh server (or fresh ids): it refuses to run when its
+/// ids have old messages pending, and catchup in particular needs bench-r
+/// to have nothing pending before it fills.
 #[derive(Parser, Debug)]
-#[command(name = "bench", version, about)]
+#[command(name = "bench", version)]
 struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1", global = true)]
@@ -45,11 +56,12 @@ enum Workload {
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
-    /// N senders (bench-0 …) each send M messages with at most W
+    /// N clients (bench-0 …) each send M messages with at most W
     /// unconfirmed; reports sustained confirmed SENDs per second.
     Durable {
-        #[arg(long, default_value_t = 20)]
-        senders: usize,
+        /// Sending clients (bench-0 …); `--senders` is an old name for it.
+        #[arg(long, alias = "senders", default_value_t = 20)]
+        clients: usize,
         #[arg(long, default_value_t = 2_000)]
         messages: usize,
         #[arg(long, default_value_t = 100)]
@@ -58,7 +70,9 @@ enum Workload {
         window: usize,
     },
     /// bench-w stores K messages while bench-r is away, then bench-r logs in;
-    /// reports how long its backlog takes to arrive. `--phase fill` and
+    /// reports how long its backlog takes to arrive. Needs a server where
+    /// bench-r has nothing pending (a fresh one, or one where the last
+    /// catchup drained). `--phase fill` and
     /// `--phase drain` split the two, so the server can be restarted between
     /// them and the backlog comes from disk.
     Catchup {
@@ -127,7 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             window,
         }
         | Workload::Durable {
-            senders: clients,
+            clients,
             messages,
             size,
             window,
@@ -210,7 +224,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = Args::parse();
+    let args = Args::parse_from(herald::cli::normalize_args(
+        std::env::args_os(),
+        &Args::command(),
+    ));
     let result = match herald::cli::block_on_current_thread(run(args)) {
         Ok(result) => result,
         Err(e) => {
