@@ -1,5 +1,6 @@
 //! Process-level helpers shared by the binaries: argument spelling, stop
-//! signals, the open-file limit.
+//! signals, the open-file limit, logs held back until a start succeeds, and
+//! reading a secret from a terminal without echo.
 
 use std::ffi::OsString;
 
@@ -79,6 +80,169 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// How many file descriptors this process has open now (from
+/// `/proc/self/fd`); `None` where that cannot be read.
+pub fn open_fds() -> Option<usize> {
+    // The directory handle itself is one of the entries.
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count().saturating_sub(1))
+}
+
+/// The most log bytes held back while a server starts; more are dropped
+/// (and counted) rather than kept.
+const HELD_LOG_BYTES: usize = 64 * 1024;
+
+/// Logs of a starting process, kept until it has started (then written) or
+/// failed (then dropped), so that a failed start prints only its reason.
+struct HeldLogger {
+    inner: env_logger::Logger,
+    held: std::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    holding: bool,
+    records: Vec<(log::Level, String, String)>,
+    bytes: usize,
+    dropped: usize,
+}
+
+static LOGGER: std::sync::OnceLock<HeldLogger> = std::sync::OnceLock::new();
+
+impl log::Log for HeldLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        if let Ok(mut held) = self.held.lock() {
+            if held.holding {
+                let text = record.args().to_string();
+                let size = text.len() + record.target().len();
+                if held.bytes + size > HELD_LOG_BYTES {
+                    held.dropped += 1;
+                } else {
+                    held.bytes += size;
+                    let target = record.target().to_owned();
+                    held.records.push((record.level(), target, text));
+                }
+                return;
+            }
+        }
+        self.inner.log(record);
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// Sets up `env_logger` logging on stderr (`RUST_LOG`, default `info`),
+/// holding every record back until [`release_logs`] is called.
+pub fn init_held_logging() {
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max = inner.filter();
+    let logger = LOGGER.get_or_init(|| HeldLogger {
+        inner,
+        held: std::sync::Mutex::new(Held {
+            holding: true,
+            ..Held::default()
+        }),
+    });
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// Writes the logs held back so far and lets later ones through at once.
+/// Does nothing when logging was not set up by [`init_held_logging`].
+pub fn release_logs() {
+    let Some(logger) = LOGGER.get() else { return };
+    let held = match logger.held.lock() {
+        Ok(mut held) => std::mem::take(&mut *held),
+        Err(_) => return,
+    };
+    for (level, target, text) in &held.records {
+        log::Log::log(
+            &logger.inner,
+            &log::Record::builder()
+                .level(*level)
+                .target(target)
+                .args(format_args!("{text}"))
+                .build(),
+        );
+    }
+    if held.dropped > 0 {
+        log::warn!("{} log line(s) from the start were dropped", held.dropped);
+    }
+}
+
+/// Is stdin a terminal?
+pub fn stdin_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// Reads one line from stdin: at a terminal, after `prompt` on stderr and
+/// without echoing what is typed; from a pipe or file, as it comes.
+pub fn read_secret_line(prompt: &str) -> std::io::Result<String> {
+    let mut line = String::new();
+    #[cfg(unix)]
+    {
+        if stdin_is_terminal() {
+            eprint!("{prompt}");
+            let echo_off = EchoOff::new()?;
+            let read = std::io::stdin().read_line(&mut line);
+            drop(echo_off);
+            eprintln!();
+            read?;
+            return Ok(line);
+        }
+    }
+    let _ = prompt;
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Turns the terminal's echo off for as long as it lives.
+#[cfg(unix)]
+struct EchoOff {
+    saved: libc::termios,
+}
+
+#[cfg(unix)]
+impl EchoOff {
+    fn new() -> std::io::Result<EchoOff> {
+        // SAFETY: termios is plain data; tcgetattr fills it in.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor and pointer to an owned struct.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: as above.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(EchoOff { saved })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new`.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved);
+        }
+    }
 }
 
 /// Runs `fut` to completion on a single-threaded runtime and returns its

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::actors::messages::Shutdown;
 use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
-use crate::net::transport::Connection;
+use crate::net::transport::{accept_tls, Connection};
 use crate::store::{MemoryStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
 
@@ -82,6 +82,30 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
+/// Says in the log who can reach this server and what protects it: how to
+/// open a loopback-only server to other machines, or what an open one lacks.
+fn exposure_notes(config: &ServerConfig) {
+    if config.bind.is_loopback() {
+        log::info!(
+            "only this machine can connect (--bind {}); to accept other machines use --bind 0.0.0.0, with --secrets-file and --tls-cert/--tls-key (see docs/security.md)",
+            config.bind
+        );
+        return;
+    }
+    if config.secrets.is_none() {
+        log::warn!(
+            "listening on {} without --secrets-file: anyone who can reach this port can log in as any allowed id",
+            config.bind
+        );
+    }
+    if config.tls.is_none() {
+        log::warn!(
+            "listening on {} without TLS: messages (and secrets) cross the network in clear text",
+            config.bind
+        );
+    }
+}
+
 /// Logs refused connections at most once every ten seconds.
 #[derive(Default)]
 struct RefusalLog {
@@ -122,10 +146,51 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// File descriptors kept free beyond those open when the server starts:
+/// connections being refused, SQLite's temporary files, and slack.
+const SPARE_FDS: usize = 32;
+
+/// How many connections the open-file limit lets the server serve, after
+/// raising that limit as far as it goes: `wanted`, or fewer (with one warn
+/// line) when the limit is lower, so that every connection past it can
+/// still be accepted and refused with `ERR LIMIT`. An error when the limit
+/// leaves no room at all.
+fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
+    let limit = match crate::cli::raise_fd_limit() {
+        Ok(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
+        Err(e) => {
+            log::warn!("cannot read or raise the open-file limit: {e}");
+            return Ok(wanted);
+        }
+    };
+    let open = crate::cli::open_fds().unwrap_or(64);
+    let room = limit.saturating_sub(open + SPARE_FDS);
+    if room >= wanted {
+        return Ok(wanted);
+    }
+    if room == 0 {
+        anyhow::bail!(
+            "the open-file limit ({limit}) leaves no room for connections; raise it (ulimit -n)"
+        );
+    }
+    log::warn!(
+        "the open-file limit ({limit}) leaves room for {room} connection(s): serving at most {room} at once instead of --max-connections {wanted}; raise it (ulimit -n) to serve more"
+    );
+    Ok(room)
+}
+
 /// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
 ///
 /// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
+/// Everything that can make a start fail (the port, the store, the
+/// open-file limit) is tried before that line; logs held back by
+/// [`crate::cli::init_held_logging`] are written only after it.
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let listener = listen(SocketAddr::new(config.bind, config.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
     let mut store = open_store(&config.storage)?;
     let recovered = store.recover().context("cannot read the store")?;
     log::info!(
@@ -133,11 +198,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         recovered.head,
         recovered.acks.len()
     );
-    let listener = listen(SocketAddr::new(config.bind, config.port))
-        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
 
     let slot = std::sync::Mutex::new(Some(store));
     let store = SyncArbiter::start(1, move || {
@@ -159,45 +219,26 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             _ => registry,
         }
     });
-    if !config.bind.is_loopback() {
-        if config.secrets.is_none() {
-            log::warn!(
-                "listening on {} without --secrets-file: anyone who can reach this port can log in as any allowed id",
-                config.bind
-            );
-        }
-        if config.tls.is_none() {
-            log::warn!(
-                "listening on {} without TLS: messages (and secrets) cross the network in clear text",
-                config.bind
-            );
-        }
-    }
-
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let workers: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    // Counted once every thread and the store have their descriptors.
+    let max_connections = connection_budget(config.max_connections)?;
 
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {local}").context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
     }
+    crate::cli::release_logs();
     log::info!(
         "listening on {local} for {} client id(s)",
         config.client_ids.len()
     );
+    exposure_notes(&config);
 
-    match crate::cli::raise_fd_limit() {
-        Ok(limit) if (limit as usize) < config.max_connections + 64 => log::warn!(
-            "the open-file limit ({limit}) is below --max-connections ({}) plus room for the store",
-            config.max_connections
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
-    }
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut refusals = RefusalLog::default();
     let mut next = 0usize;
@@ -207,8 +248,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     accept_loop(
         listener,
         |stream| {
-            let Some(slot) = ConnectionSlot::take(&open, config.max_connections) else {
-                refusals.refused(config.max_connections);
+            let Some(slot) = ConnectionSlot::take(&open, max_connections) else {
+                refusals.refused(max_connections);
                 actix_rt::spawn(refuse(stream));
                 return;
             };
@@ -235,18 +276,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                 let conn = match tls {
                     None => Connection::plain(stream),
                     Some(acceptor) => {
-                        let peer = stream.peer_addr().ok();
                         let deadline = config.login_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
-                        match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => Connection::tls(tls),
-                            Ok(Err(e)) => {
-                                log::info!("TLS handshake with {peer:?} failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                log::info!("TLS handshake with {peer:?} timed out");
-                                return;
-                            }
+                        match accept_tls(&acceptor, stream, deadline).await {
+                            Some(conn) => conn,
+                            None => return,
                         }
                     }
                 };
