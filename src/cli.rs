@@ -196,8 +196,10 @@ pub fn read_secret_line(prompt: &str) -> std::io::Result<String> {
     #[cfg(unix)]
     {
         if stdin_is_terminal() {
-            eprint!("{prompt}");
+            // Echo goes off before the prompt shows, so nothing typed
+            // after the prompt is ever echoed.
             let echo_off = EchoOff::new()?;
+            eprint!("{prompt}");
             let read = std::io::stdin().read_line(&mut line);
             drop(echo_off);
             eprintln!();

@@ -102,7 +102,10 @@ fn wait_for_log(s: &Server, needle: &str) -> String {
         if log.contains(needle) {
             return log;
         }
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -251,4 +254,76 @@ async fn secrets_never_reach_the_log_even_at_debug() {
         assert!(Instant::now() < deadline, "{log}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn hash_secret_at_a_terminal_asks_twice_without_echo() {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty with valid out-pointers and no name, settings or size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    // SAFETY: openpty returned these two descriptors, owned here from now on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["hash-secret", "--client-id", "1"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    // What the terminal shows: prompts, and any echo.
+    let mut screen = std::fs::File::from(master.try_clone().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = screen.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut shown = Vec::new();
+    let wait_for = |needle: &str, shown: &mut Vec<u8>| {
+        let deadline = Instant::now() + DEADLINE;
+        while !String::from_utf8_lossy(shown).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(bytes) => shown.extend(bytes),
+                Err(_) => panic!("no {needle:?}: {:?}", String::from_utf8_lossy(shown)),
+            }
+        }
+    };
+    let mut keyboard = std::fs::File::from(master);
+    wait_for("secret: ", &mut shown);
+    keyboard.write_all(b"pa55-w0rd\n").unwrap();
+    wait_for("again: ", &mut shown);
+    keyboard.write_all(b"pa55-w0rd\n").unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "hash-secret did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with("1:$argon2id$"), "{line}");
+    while let Ok(bytes) = rx.try_recv() {
+        shown.extend(bytes);
+    }
+    assert!(
+        !String::from_utf8_lossy(&shown).contains("pa55"),
+        "echoed: {:?}",
+        String::from_utf8_lossy(&shown)
+    );
 }
