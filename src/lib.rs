@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod logging;
 pub mod net;
 pub mod server;
 pub mod store;

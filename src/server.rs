@@ -184,7 +184,7 @@ fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
 /// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
 /// Everything that can make a start fail (the port, the store, the
 /// open-file limit) is tried before that line; logs held back by
-/// [`crate::cli::init_held_logging`] are written only after it.
+/// [`crate::logging::init_held_logging`] are written only after it.
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.bind, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
@@ -232,7 +232,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         writeln!(out, "listening on {local}").context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
     }
-    crate::cli::release_logs();
+    crate::logging::release_logs();
     log::info!(
         "listening on {local} for {} client id(s)",
         config.client_ids.len()

@@ -277,16 +277,16 @@ fn parse_client_id(s: &str) -> Result<ClientId, String> {
 fn main() -> ExitCode {
     // Logs wait until the server has started, so a failed start prints
     // only its one-line reason.
-    herald::cli::init_held_logging();
+    herald::logging::init_held_logging();
     let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
     let args = Args::parse_from(args);
     match args.command {
         Some(Command::HashSecret { client_id }) => {
-            herald::cli::release_logs();
+            herald::logging::release_logs();
             return hash_secret(client_id);
         }
         Some(Command::TlsInit { dir, hosts }) => {
-            herald::cli::release_logs();
+            herald::logging::release_logs();
             return tls_init(&dir, &hosts);
         }
         None => {}
