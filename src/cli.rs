@@ -61,6 +61,19 @@ fn rewrite(arg: &str, longs: &[String]) -> Option<String> {
     })
 }
 
+/// This process's open-file limit (the soft one, which is enforced).
+pub fn fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid, initialised struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Raises this process's open-file limit to its hard limit.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {

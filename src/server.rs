@@ -157,12 +157,16 @@ const SPARE_FDS: usize = 32;
 /// leaves no room at all.
 fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
     let limit = match crate::cli::raise_fd_limit() {
-        Ok(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
+        Ok(limit) => limit,
         Err(e) => {
-            log::warn!("cannot read or raise the open-file limit: {e}");
-            return Ok(wanted);
+            log::warn!("cannot raise the open-file limit: {e}");
+            match crate::cli::fd_limit() {
+                Ok(limit) => limit,
+                Err(_) => return Ok(wanted),
+            }
         }
     };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let open = crate::cli::open_fds().unwrap_or(64);
     let room = limit.saturating_sub(open + SPARE_FDS);
     if room >= wanted {

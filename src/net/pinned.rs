@@ -123,3 +123,21 @@ impl ServerCertVerifier for PinningVerifier {
         self.chains.root_hint_subjects()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_means_issuer_is_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::net::certs::tls_init(dir.path(), &["localhost".into()]).unwrap();
+        let der = |p: &std::path::Path| {
+            use rustls_pki_types::pem::PemObject;
+            CertificateDer::from_pem_file(p).unwrap()
+        };
+        assert!(is_self_signed(&der(&written.ca_cert)).unwrap());
+        assert!(!is_self_signed(&der(&written.server_cert)).unwrap());
+        assert!(is_self_signed(&CertificateDer::from(vec![1u8, 2, 3])).is_err());
+    }
+}

@@ -187,3 +187,26 @@ pub async fn accept_tls(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_hello_looks_like_tls_and_protocol_text_does_not() {
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(looks_like_tls(&[0x16, 0x03]));
+        assert!(looks_like_tls(&[0x16]));
+        assert!(!looks_like_tls(&[0x16, 0x03, 0x09]));
+        assert!(!looks_like_tls(b"LOGIN 1"));
+        assert!(!looks_like_tls(b""));
+    }
+
+    #[test]
+    fn only_the_verb_of_plain_text_is_named() {
+        assert_eq!(leading_verb(b"LOGIN 1 secret"), Some("LOGIN"));
+        assert_eq!(leading_verb(b"PING"), Some("PING"));
+        assert_eq!(leading_verb(b"login 1"), None);
+        assert_eq!(leading_verb(&[0x16, 0x03]), None);
+    }
+}
