@@ -154,14 +154,24 @@ fn tls_init(dir: &std::path::Path, hosts: &[String]) -> ExitCode {
     let remote = hosts
         .iter()
         .any(|h| !matches!(h.parse::<IpAddr>(), Ok(ip) if ip.is_loopback()) && h != "localhost");
+    // The binaries as this one was called: `./target/release/server` and
+    // its sibling `client`, or plain names found on the PATH.
+    let me = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.components().count() > 1);
+    let (server, client) = match me {
+        Some(me) => (quote(&me), quote(&me.with_file_name("client"))),
+        None => ("server".to_owned(), "client".to_owned()),
+    };
     println!(
-        "server --client-ids 1,2,3 --port 5000 --tls-cert {} --tls-key {}{}",
+        "{server} --client-ids 1,2,3 --port 5000 --tls-cert {} --tls-key {}{}",
         quote(&written.server_cert),
         quote(&written.server_key),
         if remote { " --bind 0.0.0.0" } else { "" }
     );
     println!(
-        "client --client-id 1 --server-ip {} --port 5000 --tls --ca-file {}",
+        "{client} --client-id 1 --server-ip {} --port 5000 --tls --ca-file {}",
         shell_quote(&hosts[0]),
         quote(&written.ca_cert)
     );
