@@ -183,6 +183,64 @@ fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
     Ok(room)
 }
 
+/// Starts the store actor, the secret verifier (with secrets) and the
+/// registry on an arbiter of its own; returns that arbiter and the registry.
+fn start_registry(
+    config: &ServerConfig,
+    recovered: crate::store::Recovered,
+    store: Box<dyn Store>,
+) -> (Arbiter, Addr<Registry>) {
+    let slot = std::sync::Mutex::new(Some(store));
+    let store = SyncArbiter::start(1, move || {
+        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
+    });
+    let registry_arbiter = Arbiter::new();
+    let registry_config = config.registry.clone();
+    let ids = config.client_ids.clone();
+    let secrets = config.secrets.clone();
+    // Hashing is slow on purpose: two threads of its own, off every event loop.
+    let verifier = secrets
+        .as_ref()
+        .map(|_| SyncArbiter::start(2, || crate::auth::Verifier));
+    let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
+        let registry = Registry::new(registry_config, ids, recovered, store);
+        match (secrets, verifier) {
+            (Some(secrets), Some(verifier)) => registry.with_secrets(secrets, verifier),
+            _ => registry,
+        }
+    });
+    (registry_arbiter, registry)
+}
+
+/// On a session thread: registers an accepted socket with this thread's
+/// reactor, runs the TLS handshake when configured, and starts its session.
+async fn serve(
+    std_stream: std::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    registry: Addr<Registry>,
+    config: SessionConfig,
+    slot: ConnectionSlot,
+) {
+    let stream = match tokio::net::TcpStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot register a connection: {e}");
+            return;
+        }
+    };
+    let conn = match tls {
+        None => Connection::plain(stream),
+        Some(acceptor) => {
+            let deadline = config.login_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
+            match accept_tls(&acceptor, stream, deadline).await {
+                Some(conn) => conn,
+                None => return,
+            }
+        }
+    };
+    Session::new(conn, registry, config).counted(slot).start();
+}
+
 /// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
 ///
 /// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
@@ -203,26 +261,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         recovered.acks.len()
     );
 
-    let slot = std::sync::Mutex::new(Some(store));
-    let store = SyncArbiter::start(1, move || {
-        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
-    });
-
-    let registry_arbiter = Arbiter::new();
-    let registry_config = config.registry.clone();
-    let ids = config.client_ids.clone();
-    let secrets = config.secrets.clone();
-    // Hashing is slow on purpose: two threads of its own, off every event loop.
-    let verifier = secrets
-        .as_ref()
-        .map(|_| SyncArbiter::start(2, || crate::auth::Verifier));
-    let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-        let registry = Registry::new(registry_config, ids, recovered, store);
-        match (secrets, verifier) {
-            (Some(secrets), Some(verifier)) => registry.with_secrets(secrets, verifier),
-            _ => registry,
-        }
-    });
+    let (registry_arbiter, registry) = start_registry(&config, recovered, store);
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -269,26 +308,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let worker = &workers[next % workers.len()];
             next = next.wrapping_add(1);
             let tls = tls.clone();
-            worker.spawn(async move {
-                let stream = match tokio::net::TcpStream::from_std(std_stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("cannot register a connection: {e}");
-                        return;
-                    }
-                };
-                let conn = match tls {
-                    None => Connection::plain(stream),
-                    Some(acceptor) => {
-                        let deadline = config.login_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
-                        match accept_tls(&acceptor, stream, deadline).await {
-                            Some(conn) => conn,
-                            None => return,
-                        }
-                    }
-                };
-                Session::new(conn, registry, config).counted(slot).start();
-            });
+            worker.spawn(serve(std_stream, tls, registry, config, slot));
         },
         crate::cli::shutdown_signal(),
     )
