@@ -65,21 +65,37 @@ fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     }
 }
 
-/// Says `ERR LIMIT` and `BYE limit` to a connection over the limit and
-/// closes it: sends FIN, then reads and drops whatever the client still
-/// sends until it closes too, so our close is not a reset that could destroy
-/// the two lines (giving up after a second).
-async fn refuse(mut stream: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let bye = b"ERR LIMIT too many connections\nBYE limit\n";
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        stream.write_all(bye).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 512];
-        while stream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
+/// Says `ERR LIMIT` and `BYE limit` to a connection over the limit (inside
+/// TLS when the server speaks TLS, so a TLS client reads them as any other
+/// frames) and closes it, giving up after `REFUSAL_TIME`.
+async fn refuse(stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        match tls {
+            None => say_limit(stream).await,
+            Some(acceptor) => say_limit(acceptor.accept(stream).await?).await,
+        }
     })
     .await;
+}
+
+/// How long a refused connection may take of the server's time.
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes the refusal, sends FIN, then reads and drops whatever the client
+/// still sends until it closes too, so our close is not a reset that could
+/// destroy the two lines.
+async fn say_limit<S>(mut stream: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"ERR LIMIT too many connections\nBYE limit\n")
+        .await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 512];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 /// Says in the log who can reach this server and what protects it: how to
@@ -293,7 +309,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         |stream| {
             let Some(slot) = ConnectionSlot::take(&open, max_connections) else {
                 refusals.refused(max_connections);
-                actix_rt::spawn(refuse(stream));
+                actix_rt::spawn(refuse(stream, tls.clone()));
                 return;
             };
             let std_stream = match stream.into_std() {

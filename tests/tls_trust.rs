@@ -368,3 +368,39 @@ async fn a_tls_client_on_a_plain_port_is_named_in_the_log_and_told_nothing_confu
     c.send("PING x").await;
     assert_eq!(c.line().await, "PONG x");
 }
+
+#[tokio::test]
+async fn a_tls_connection_over_the_limit_is_refused_inside_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openssl_self_signed(dir.path(), "self");
+    let s = Server::start(&[
+        "--memory",
+        "--client-ids",
+        "1,2",
+        "--max-connections",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let mut first = common::client_command(s.port, "1", &["--tls", "--ca-file", &cert])
+        .spawn()
+        .unwrap();
+    let err = common::lines_of(first.stderr.take().unwrap());
+    let line = err.recv_timeout(DEADLINE).unwrap();
+    assert!(line.starts_with("logged in as 1"), "{line}");
+    let out = common::client_command(
+        s.port,
+        "2",
+        &["--tls", "--ca-file", &cert, "--no-reconnect"],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("LIMIT"), "{said}");
+    first.kill().unwrap();
+    let _ = first.wait();
+}
