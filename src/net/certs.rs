@@ -76,6 +76,11 @@ pub fn tls_init(dir: &Path, hosts: &[String]) -> Result<Written, CertError> {
     if hosts.is_empty() {
         return Err(CertError::NoHost);
     }
+    // Only what a client can check: a DNS name or an IP address.
+    for host in hosts {
+        rustls_pki_types::ServerName::try_from(host.as_str())
+            .map_err(|e| CertError::BadHost(host.clone(), e.to_string()))?;
+    }
     let written = Written {
         ca_cert: dir.join("ca.pem"),
         ca_key: dir.join("ca.key"),
@@ -106,8 +111,7 @@ pub fn tls_init(dir: &Path, hosts: &[String]) -> Result<Written, CertError> {
     let issuer = Issuer::new(ca, ca_key);
 
     let key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(hosts.to_vec())
-        .map_err(|e| CertError::BadHost(hosts.join(","), e.to_string()))?;
+    let mut server = CertificateParams::new(hosts.to_vec())?;
     server.distinguished_name = DistinguishedName::new();
     server
         .distinguished_name
@@ -142,4 +146,21 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
     let mut file = options.open(path).map_err(err)?;
     file.write_all(bytes).map_err(err)?;
     file.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_must_be_names_or_addresses_and_nothing_is_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = tls_init(dir.path(), &["not a host".into()]).unwrap_err();
+        assert!(bad.to_string().contains("not a host"), "{bad}");
+        assert!(matches!(tls_init(dir.path(), &[]), Err(CertError::NoHost)));
+        assert!(!dir.path().join("ca.pem").exists());
+        tls_init(dir.path(), &["chat.example".into(), "10.0.0.5".into()]).unwrap();
+        let again = tls_init(dir.path(), &["chat.example".into()]).unwrap_err();
+        assert!(matches!(again, CertError::Exists(_)), "{again}");
+    }
 }
