@@ -3,6 +3,8 @@
 #   docker run --rm herald                 # scenario tests 1 and 2 (run_both_tests.sh)
 #   docker run --rm herald run_both_tests.sh --all
 #   docker run --rm -p 5000:5000 herald server --client-ids 1,2,3 --port 5000 --bind 0.0.0.0
+# The server listens on loopback unless given --bind: inside a container it
+# needs --bind 0.0.0.0 to be reachable through a published port (-p).
 # The server's data lives in the volume /data (the working directory, so the
 # default --data-dir ./herald-data is /data/herald-data).
 

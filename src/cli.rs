@@ -1,5 +1,6 @@
 //! Process-level helpers shared by the binaries: argument spelling, stop
-//! signals, the open-file limit.
+//! signals, the open-file limit, and reading a secret from a terminal
+//! without echo.
 
 use std::ffi::OsString;
 
@@ -60,6 +61,19 @@ fn rewrite(arg: &str, longs: &[String]) -> Option<String> {
     })
 }
 
+/// This process's open-file limit (the soft one, which is enforced).
+pub fn fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid, initialised struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Raises this process's open-file limit to its hard limit.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
@@ -79,6 +93,78 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// How many file descriptors this process has open now (from
+/// `/proc/self/fd`); `None` where that cannot be read.
+pub fn open_fds() -> Option<usize> {
+    // The directory handle itself is one of the entries.
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count().saturating_sub(1))
+}
+
+/// Is stdin a terminal?
+pub fn stdin_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// Reads one line from stdin: at a terminal, after `prompt` on stderr and
+/// without echoing what is typed; from a pipe or file, as it comes.
+pub fn read_secret_line(prompt: &str) -> std::io::Result<String> {
+    let mut line = String::new();
+    #[cfg(unix)]
+    {
+        if stdin_is_terminal() {
+            // Echo goes off before the prompt shows, so nothing typed
+            // after the prompt is ever echoed.
+            let echo_off = EchoOff::new()?;
+            eprint!("{prompt}");
+            let read = std::io::stdin().read_line(&mut line);
+            drop(echo_off);
+            eprintln!();
+            read?;
+            return Ok(line);
+        }
+    }
+    let _ = prompt;
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Turns the terminal's echo off for as long as it lives.
+#[cfg(unix)]
+struct EchoOff {
+    saved: libc::termios,
+}
+
+#[cfg(unix)]
+impl EchoOff {
+    fn new() -> std::io::Result<EchoOff> {
+        // SAFETY: termios is plain data; tcgetattr fills it in.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor and pointer to an owned struct.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: as above.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(EchoOff { saved })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new`.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved);
+        }
+    }
 }
 
 /// Runs `fut` to completion on a single-threaded runtime and returns its

@@ -13,6 +13,7 @@
 pub mod actors;
 pub mod auth;
 pub mod cli;
+pub mod logging;
 pub mod net;
 pub mod server;
 pub mod store;

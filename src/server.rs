@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::actors::messages::Shutdown;
 use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
-use crate::net::transport::Connection;
+use crate::net::transport::{accept_tls, Connection};
 use crate::store::{MemoryStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
 
@@ -65,21 +65,61 @@ fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     }
 }
 
-/// Says `ERR LIMIT` and `BYE limit` to a connection over the limit and
-/// closes it: sends FIN, then reads and drops whatever the client still
-/// sends until it closes too, so our close is not a reset that could destroy
-/// the two lines (giving up after a second).
-async fn refuse(mut stream: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let bye = b"ERR LIMIT too many connections\nBYE limit\n";
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        stream.write_all(bye).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 512];
-        while stream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
+/// Says `ERR LIMIT` and `BYE limit` to a connection over the limit (inside
+/// TLS when the server speaks TLS, so a TLS client reads them as any other
+/// frames) and closes it, giving up after `REFUSAL_TIME`.
+async fn refuse(stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        match tls {
+            None => say_limit(stream).await,
+            Some(acceptor) => say_limit(acceptor.accept(stream).await?).await,
+        }
     })
     .await;
+}
+
+/// How long a refused connection may take of the server's time.
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes the refusal, sends FIN, then reads and drops whatever the client
+/// still sends until it closes too, so our close is not a reset that could
+/// destroy the two lines.
+async fn say_limit<S>(mut stream: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"ERR LIMIT too many connections\nBYE limit\n")
+        .await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 512];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+/// Says in the log who can reach this server and what protects it: how to
+/// open a loopback-only server to other machines, or what an open one lacks.
+fn exposure_notes(config: &ServerConfig) {
+    if config.bind.is_loopback() {
+        log::info!(
+            "only this machine can connect (--bind {}); to accept other machines use --bind 0.0.0.0, with --secrets-file and --tls-cert/--tls-key (see docs/security.md)",
+            config.bind
+        );
+        return;
+    }
+    if config.secrets.is_none() {
+        log::warn!(
+            "listening on {} without --secrets-file: anyone who can reach this port can log in as any allowed id",
+            config.bind
+        );
+    }
+    if config.tls.is_none() {
+        log::warn!(
+            "listening on {} without TLS: messages (and secrets) cross the network in clear text",
+            config.bind
+        );
+    }
 }
 
 /// Logs refused connections at most once every ten seconds.
@@ -122,28 +162,54 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
-///
-/// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
-pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
-    let mut store = open_store(&config.storage)?;
-    let recovered = store.recover().context("cannot read the store")?;
-    log::info!(
-        "store holds messages up to seq {} and cursors of {} client id(s)",
-        recovered.head,
-        recovered.acks.len()
-    );
-    let listener = listen(SocketAddr::new(config.bind, config.port))
-        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
+/// File descriptors kept free beyond those open when the server starts:
+/// connections being refused, SQLite's temporary files, and slack.
+const SPARE_FDS: usize = 32;
 
+/// How many connections the open-file limit lets the server serve, after
+/// raising that limit as far as it goes: `wanted`, or fewer (with one warn
+/// line) when the limit is lower, so that every connection past it can
+/// still be accepted and refused with `ERR LIMIT`. An error when the limit
+/// leaves no room at all.
+fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
+    let limit = match crate::cli::raise_fd_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("cannot raise the open-file limit: {e}");
+            match crate::cli::fd_limit() {
+                Ok(limit) => limit,
+                Err(_) => return Ok(wanted),
+            }
+        }
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let open = crate::cli::open_fds().unwrap_or(64);
+    let room = limit.saturating_sub(open + SPARE_FDS);
+    if room >= wanted {
+        return Ok(wanted);
+    }
+    if room == 0 {
+        anyhow::bail!(
+            "the open-file limit ({limit}) leaves no room for connections; raise it (ulimit -n)"
+        );
+    }
+    log::warn!(
+        "the open-file limit ({limit}) leaves room for {room} connection(s): serving at most {room} at once instead of --max-connections {wanted}; raise it (ulimit -n) to serve more"
+    );
+    Ok(room)
+}
+
+/// Starts the store actor, the secret verifier (with secrets) and the
+/// registry on an arbiter of its own; returns that arbiter and the registry.
+fn start_registry(
+    config: &ServerConfig,
+    recovered: crate::store::Recovered,
+    store: Box<dyn Store>,
+) -> (Arbiter, Addr<Registry>) {
     let slot = std::sync::Mutex::new(Some(store));
     let store = SyncArbiter::start(1, move || {
         StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
     });
-
     let registry_arbiter = Arbiter::new();
     let registry_config = config.registry.clone();
     let ids = config.client_ids.clone();
@@ -159,45 +225,79 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             _ => registry,
         }
     });
-    if !config.bind.is_loopback() {
-        if config.secrets.is_none() {
-            log::warn!(
-                "listening on {} without --secrets-file: anyone who can reach this port can log in as any allowed id",
-                config.bind
-            );
-        }
-        if config.tls.is_none() {
-            log::warn!(
-                "listening on {} without TLS: messages (and secrets) cross the network in clear text",
-                config.bind
-            );
-        }
-    }
+    (registry_arbiter, registry)
+}
 
+/// On a session thread: registers an accepted socket with this thread's
+/// reactor, runs the TLS handshake when configured, and starts its session.
+async fn serve(
+    std_stream: std::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    registry: Addr<Registry>,
+    config: SessionConfig,
+    slot: ConnectionSlot,
+) {
+    let stream = match tokio::net::TcpStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot register a connection: {e}");
+            return;
+        }
+    };
+    let conn = match tls {
+        None => Connection::plain(stream),
+        Some(acceptor) => {
+            let deadline = config.login_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
+            match accept_tls(&acceptor, stream, deadline).await {
+                Some(conn) => conn,
+                None => return,
+            }
+        }
+    };
+    Session::new(conn, registry, config).counted(slot).start();
+}
+
+/// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
+///
+/// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
+/// Everything that can make a start fail (the port, the store, the
+/// open-file limit) is tried before that line; logs held back by
+/// [`crate::logging::init_held_logging`] are written only after it.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let listener = listen(SocketAddr::new(config.bind, config.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let mut store = open_store(&config.storage)?;
+    let recovered = store.recover().context("cannot read the store")?;
+    log::info!(
+        "store holds messages up to seq {} and cursors of {} client id(s)",
+        recovered.head,
+        recovered.acks.len()
+    );
+
+    let (registry_arbiter, registry) = start_registry(&config, recovered, store);
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let workers: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    // Counted once every thread and the store have their descriptors.
+    let max_connections = connection_budget(config.max_connections)?;
 
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {local}").context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
     }
+    crate::logging::release_logs();
     log::info!(
         "listening on {local} for {} client id(s)",
         config.client_ids.len()
     );
+    exposure_notes(&config);
 
-    match crate::cli::raise_fd_limit() {
-        Ok(limit) if (limit as usize) < config.max_connections + 64 => log::warn!(
-            "the open-file limit ({limit}) is below --max-connections ({}) plus room for the store",
-            config.max_connections
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
-    }
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut refusals = RefusalLog::default();
     let mut next = 0usize;
@@ -207,9 +307,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     accept_loop(
         listener,
         |stream| {
-            let Some(slot) = ConnectionSlot::take(&open, config.max_connections) else {
-                refusals.refused(config.max_connections);
-                actix_rt::spawn(refuse(stream));
+            let Some(slot) = ConnectionSlot::take(&open, max_connections) else {
+                refusals.refused(max_connections);
+                actix_rt::spawn(refuse(stream, tls.clone()));
                 return;
             };
             let std_stream = match stream.into_std() {
@@ -224,34 +324,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let worker = &workers[next % workers.len()];
             next = next.wrapping_add(1);
             let tls = tls.clone();
-            worker.spawn(async move {
-                let stream = match tokio::net::TcpStream::from_std(std_stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("cannot register a connection: {e}");
-                        return;
-                    }
-                };
-                let conn = match tls {
-                    None => Connection::plain(stream),
-                    Some(acceptor) => {
-                        let peer = stream.peer_addr().ok();
-                        let deadline = config.login_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
-                        match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => Connection::tls(tls),
-                            Ok(Err(e)) => {
-                                log::info!("TLS handshake with {peer:?} failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                log::info!("TLS handshake with {peer:?} timed out");
-                                return;
-                            }
-                        }
-                    }
-                };
-                Session::new(conn, registry, config).counted(slot).start();
-            });
+            worker.spawn(serve(std_stream, tls, registry, config, slot));
         },
         crate::cli::shutdown_signal(),
     )

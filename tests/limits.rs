@@ -86,5 +86,13 @@ async fn connections_over_the_limit_are_refused_and_the_rest_go_on() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(s.log.lock().unwrap().contains("refusing connections"));
+    // The log is read by another thread: wait (bounded) for the line.
+    while !s.log.lock().unwrap().contains("refusing connections") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in the log: {}",
+            s.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -50,8 +50,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     port: u16,
 
-    /// Address to bind.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on: loopback only by default; 0.0.0.0 accepts
+    /// other machines (then use --secrets-file and TLS).
+    #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
 
     /// Directory of the durable store.
@@ -118,16 +119,89 @@ enum Command {
         #[arg(long)]
         client_id: Option<String>,
     },
+    /// Makes a private CA and a server certificate signed by it in DIR
+    /// (ca.pem, ca.key, server.pem, server.key; keys mode 0600) and prints
+    /// the server's and the clients' command lines that use them.
+    TlsInit {
+        /// Directory to write the four files into (created if needed;
+        /// existing files are never overwritten).
+        dir: PathBuf,
+        /// A name or IP address clients will connect to (repeatable:
+        /// --host chat.example --host 127.0.0.1).
+        #[arg(long = "host", value_name = "NAME", required = true)]
+        hosts: Vec<String>,
+    },
 }
 
-/// `server hash-secret`: one line from stdin in, one hash line out.
-fn hash_secret(client_id: Option<String>) -> ExitCode {
-    let mut secret = String::new();
-    if let Err(e) = std::io::stdin().read_line(&mut secret) {
-        eprintln!("error: cannot read the secret from stdin: {e}");
-        return ExitCode::from(1);
+/// `server tls-init`: writes the files and says how to use them.
+fn tls_init(dir: &std::path::Path, hosts: &[String]) -> ExitCode {
+    let written = match herald::net::certs::tls_init(dir, hosts) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let quote = |p: &std::path::Path| shell_quote(&p.display().to_string());
+    eprintln!(
+        "wrote {} (the CA: give it to clients), {} (the CA's key: keep it off the server), {} and {} (for the server); use them with:",
+        written.ca_cert.display(),
+        written.ca_key.display(),
+        written.server_cert.display(),
+        written.server_key.display()
+    );
+    // Other machines can reach the server only if it listens beyond loopback.
+    let remote = hosts
+        .iter()
+        .any(|h| !matches!(h.parse::<IpAddr>(), Ok(ip) if ip.is_loopback()) && h != "localhost");
+    // The binaries as this one was called: `./target/release/server` and
+    // its sibling `client`, or plain names found on the PATH.
+    let me = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.components().count() > 1);
+    let (server, client) = match me {
+        Some(me) => (quote(&me), quote(&me.with_file_name("client"))),
+        None => ("server".to_owned(), "client".to_owned()),
+    };
+    println!(
+        "{server} --client-ids 1,2,3 --port 5000 --tls-cert {} --tls-key {}{}",
+        quote(&written.server_cert),
+        quote(&written.server_key),
+        if remote { " --bind 0.0.0.0" } else { "" }
+    );
+    println!(
+        "{client} --client-id 1 --server-ip {} --port 5000 --tls --ca-file {}",
+        shell_quote(&hosts[0]),
+        quote(&written.ca_cert)
+    );
+    ExitCode::SUCCESS
+}
+
+/// `s` as one shell word: as it is when it is plainly safe, else in single
+/// quotes.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:+,@%=".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
-    let secret = secret.trim_end_matches(['\n', '\r']);
+}
+
+/// `server hash-secret`: one line from stdin in (typed twice, unechoed, at
+/// a terminal), one hash line out.
+fn hash_secret(client_id: Option<String>) -> ExitCode {
+    let secret = match read_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let secret = secret.as_str();
     if secret.is_empty() || secret.contains(char::is_whitespace) {
         eprintln!("error: the secret must be one word (no spaces) on the first line of stdin");
         return ExitCode::from(1);
@@ -153,6 +227,21 @@ fn hash_secret(client_id: Option<String>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Reads the secret: from a terminal twice without echo (the two must
+/// match), from a pipe or file its first line.
+fn read_secret() -> Result<String, String> {
+    let read = |prompt: &str| {
+        herald::cli::read_secret_line(prompt)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("cannot read the secret from stdin: {e}"))
+    };
+    let secret = read("secret: ")?;
+    if herald::cli::stdin_is_terminal() && read("again: ")? != secret {
+        return Err("the two secrets differ".into());
+    }
+    Ok(secret)
 }
 
 /// Loads the secrets file and works out the allow-list: the file's ids, or
@@ -196,11 +285,21 @@ fn parse_client_id(s: &str) -> Result<ClientId, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Logs wait until the server has started, so a failed start prints
+    // only its one-line reason.
+    herald::logging::init_held_logging();
     let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
     let args = Args::parse_from(args);
-    if let Some(Command::HashSecret { client_id }) = args.command {
-        return hash_secret(client_id);
+    match args.command {
+        Some(Command::HashSecret { client_id }) => {
+            herald::logging::release_logs();
+            return hash_secret(client_id);
+        }
+        Some(Command::TlsInit { dir, hosts }) => {
+            herald::logging::release_logs();
+            return tls_init(&dir, &hosts);
+        }
+        None => {}
     }
     let (client_ids, secrets) = match allow_list(args.client_ids, args.secrets_file.as_deref()) {
         Ok(v) => v,

@@ -157,8 +157,9 @@ pub struct Tags {
     pub mid: Option<String>,
 }
 
-/// A frame sent by a client.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A frame sent by a client. Its `Debug` form never shows a `LOGIN`'s
+/// secret, so logging a frame (`RUST_LOG=debug`) cannot leak one.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// `LOGIN <client_id> [<secret>]`.
     Login {
@@ -186,6 +187,35 @@ pub enum ClientFrame {
     },
     /// `QUIT`: polite close.
     Quit,
+}
+
+impl fmt::Debug for ClientFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientFrame::Login { id, secret } => f
+                .debug_struct("Login")
+                .field("id", id)
+                .field("secret", &secret.as_ref().map(|_| Redacted))
+                .finish(),
+            ClientFrame::Send { text, tags } => f
+                .debug_struct("Send")
+                .field("text", text)
+                .field("tags", tags)
+                .finish(),
+            ClientFrame::Ack { seq } => f.debug_struct("Ack").field("seq", seq).finish(),
+            ClientFrame::Ping { token } => f.debug_struct("Ping").field("token", token).finish(),
+            ClientFrame::Quit => f.write_str("Quit"),
+        }
+    }
+}
+
+/// Stands in for a secret in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A frame sent by the server.
@@ -573,6 +603,25 @@ pub fn encode_msg_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let frame = ClientFrame::Login {
+            id: ClientId::new("1").unwrap(),
+            secret: Some("hunter2".into()),
+        };
+        let shown = format!("{frame:?} {frame:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("\"1\""),
+            "{shown}"
+        );
+        let none = ClientFrame::Login {
+            id: ClientId::new("1").unwrap(),
+            secret: None,
+        };
+        assert!(format!("{none:?}").contains("secret: None"));
+    }
 
     fn parse(s: &str) -> Result<ClientFrame, FrameError> {
         ClientFrame::parse(Bytes::copy_from_slice(s.as_bytes()))

@@ -1,9 +1,11 @@
 //! Bytes and frames: the wire protocol's typed frames, the line codec, and
 //! the TCP listener that turns each accepted connection into a session.
 
+pub mod certs;
 pub mod codec;
 pub mod frame;
 pub mod listener;
+pub mod pinned;
 pub mod tls;
 pub mod transport;
 

@@ -1,12 +1,16 @@
 //! TLS set-up (rustls with the ring provider): the server's certificate and
-//! key, and the client's trusted CA.
+//! key, and what the client trusts (see [`pinned`](super::pinned) for how a
+//! self-signed certificate in the CA file is trusted as it is).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+
+use super::pinned::PinningVerifier;
 
 /// Why TLS cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +25,17 @@ pub enum TlsError {
         /// What is wrong.
         reason: String,
     },
-    /// rustls refused the configuration (e.g. the key does not match).
+    /// The certificate and the key are each fine but do not belong together.
+    #[error("certificate file {cert} and key file {key} do not go together: {reason}")]
+    Mismatch {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// What rustls said.
+        reason: String,
+    },
+    /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -30,12 +44,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::File {
+fn file_error<'a>(what: &'static str, path: &'a Path) -> impl Fn(String) -> TlsError + 'a {
+    move |reason| TlsError::File {
         what,
         path: path.display().to_string(),
         reason,
-    };
+    }
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = file_error(what, path);
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -49,27 +67,47 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 /// The server's TLS configuration from a PEM certificate chain and key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certs("certificate file", cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-        what: "key file",
-        path: key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| file_error("key file", key)(e.to_string()))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain, key_der)
+        .map_err(|e| TlsError::Mismatch {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(Arc::new(config))
 }
 
-/// A client configuration that trusts the CA certificates in `ca_file`.
+/// A client configuration that trusts what `ca_file` holds: its
+/// certificates as CAs (normal chain verification), and each self-signed
+/// certificate in it also as that exact server certificate, CA or not.
 pub fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let certs = certs("CA file", ca_file)?;
+    let err = file_error("CA file", ca_file);
     let mut roots = RootCertStore::empty();
-    for cert in certs("CA file", ca_file)? {
-        roots.add(cert)?;
+    let mut pinned = Vec::new();
+    for (n, cert) in certs.into_iter().enumerate() {
+        let self_signed = super::pinned::is_self_signed(&cert)
+            .map_err(|e| err(format!("certificate {}: {e}", n + 1)))?;
+        roots
+            .add(cert.clone())
+            .map_err(|e| err(format!("certificate {}: {e}", n + 1)))?;
+        if self_signed {
+            pinned.push(cert);
+        }
     }
-    let config = ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let chains = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let verifier = Arc::new(PinningVerifier::new(pinned, chains));
+    let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(Arc::new(config))
 }

@@ -16,9 +16,39 @@ pub const SMALL_READ: usize = 4 * 1024;
 /// The reading side of a connection.
 pub enum Reader {
     /// Plain TCP.
-    Plain(OwnedReadHalf),
+    Plain(PlainReader),
     /// TLS over TCP.
     Tls(ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The reading side of a plain TCP connection; its first bytes are checked
+/// for a TLS handshake, the sign of a client that wants TLS on a plain port.
+pub struct PlainReader {
+    half: OwnedReadHalf,
+    /// Whether the first bytes are still to be checked.
+    sniff: bool,
+    peer: Option<SocketAddr>,
+}
+
+/// Does input that starts with `first` look like a TLS handshake record
+/// (content type 22, protocol version 3.x)? A line of the text protocol
+/// never starts with byte 22.
+pub fn looks_like_tls(first: &[u8]) -> bool {
+    match first {
+        [] => false,
+        [0x16] | [0x16, 0x03] => true,
+        [0x16, 0x03, minor, ..] => *minor <= 0x04,
+        _ => false,
+    }
+}
+
+/// Names the verb at the start of plain text input (`LOGIN`, …) for a log
+/// line, and only the verb, since what follows may be a secret.
+pub fn leading_verb(first: &[u8]) -> Option<&str> {
+    let len = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    (len > 0)
+        .then(|| std::str::from_utf8(&first[..len]).ok())
+        .flatten()
 }
 
 /// The writing side of a connection.
@@ -41,7 +71,11 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
         Connection {
-            reader: Reader::Plain(reader),
+            reader: Reader::Plain(PlainReader {
+                half: reader,
+                sniff: true,
+                peer,
+            }),
             writer: Box::new(writer),
             peer,
         }
@@ -70,12 +104,26 @@ impl Reader {
     /// keeps its own buffers, so it reads straight into `buf`.
     pub async fn read_some(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
         match self {
-            Reader::Plain(r) => loop {
+            Reader::Plain(PlainReader {
+                half: r,
+                sniff,
+                peer,
+            }) => loop {
                 r.readable().await?;
                 let mut chunk = [0u8; SMALL_READ];
                 match r.try_read(&mut chunk) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
+                    Ok(n) if std::mem::take(sniff) && looks_like_tls(&chunk[..n.min(3)]) => {
+                        let peer = peer.map_or_else(|| "a client".to_owned(), |p| p.to_string());
+                        log::warn!(
+                            "{peer}: looks like a TLS handshake on a plain port; closing (start the server with --tls-cert and --tls-key, or run the client without --tls)"
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a TLS handshake on a plain port",
+                        ));
+                    }
                     Ok(n) if n < SMALL_READ => {
                         buf.extend_from_slice(&chunk[..n]);
                         return Ok(n);
@@ -97,5 +145,68 @@ impl Reader {
                 r.read_buf(buf).await
             }
         }
+    }
+}
+
+/// Runs the server side of a TLS handshake on `stream` within `deadline`.
+/// A failure is logged in one line, which says so when the client spoke
+/// plain text (it then needs `--tls --ca-file`).
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    deadline: std::time::Duration,
+) -> Option<Connection> {
+    let shown = stream
+        .peer_addr()
+        .map_or_else(|_| "a client".to_owned(), |p| p.to_string());
+    let handshake = tokio::time::timeout(deadline, async {
+        let mut first = [0u8; 8];
+        let n = stream.peek(&mut first).await.unwrap_or(0);
+        (first, n, acceptor.accept(stream).await)
+    })
+    .await;
+    let (first, n, err) = match handshake {
+        Ok((_, _, Ok(tls))) => return Some(Connection::tls(tls)),
+        Ok((first, n, Err(e))) => (first, n, e),
+        Err(_) => {
+            log::info!("TLS handshake with {shown} timed out");
+            return None;
+        }
+    };
+    let first = &first[..n];
+    if first.is_empty() || looks_like_tls(first) {
+        log::info!("TLS handshake with {shown} failed: {err}");
+    } else if let Some(verb) = leading_verb(first) {
+        log::warn!(
+            "{shown} spoke plain text (\"{verb} …\") to the TLS port, so the TLS handshake failed; clients need --tls --ca-file"
+        );
+    } else {
+        log::warn!(
+            "{shown} sent something other than TLS to the TLS port, so the TLS handshake failed ({err}); clients need --tls --ca-file"
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_hello_looks_like_tls_and_protocol_text_does_not() {
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(looks_like_tls(&[0x16, 0x03]));
+        assert!(looks_like_tls(&[0x16]));
+        assert!(!looks_like_tls(&[0x16, 0x03, 0x09]));
+        assert!(!looks_like_tls(b"LOGIN 1"));
+        assert!(!looks_like_tls(b""));
+    }
+
+    #[test]
+    fn only_the_verb_of_plain_text_is_named() {
+        assert_eq!(leading_verb(b"LOGIN 1 secret"), Some("LOGIN"));
+        assert_eq!(leading_verb(b"PING"), Some("PING"));
+        assert_eq!(leading_verb(b"login 1"), None);
+        assert_eq!(leading_verb(&[0x16, 0x03]), None);
     }
 }

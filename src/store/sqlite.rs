@@ -86,20 +86,29 @@ impl SqliteStore {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(unusable(format!(
+        // Owner only: the directory (when created here), the database and
+        // the lock file; SQLite gives its -wal and -shm files the
+        // database's mode.
+        let mut dir_builder = std::fs::DirBuilder::new();
+        dir_builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir_builder, 0o700);
+        dir_builder.create(dir).map_err(unusable(format!(
             "cannot create data directory {}",
             dir.display()
         )))?;
+        let private = || {
+            let mut options = OpenOptions::new();
+            options.create(true).truncate(false).write(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+        };
         let lock_path = dir.join("herald.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(unusable(format!(
-                "data directory {} is not writable",
-                dir.display()
-            )))?;
+        let lock = private().open(&lock_path).map_err(unusable(format!(
+            "data directory {} is not writable",
+            dir.display()
+        )))?;
         // A server that has just exited may hold the lock for a few more
         // milliseconds while the kernel tears it down: a restart right
         // after it waits for that instead of failing.
@@ -124,6 +133,12 @@ impl SqliteStore {
 
         let path = dir.join("herald.db");
         let existed = path.exists();
+        if !existed {
+            // An empty file is an empty database to SQLite.
+            private()
+                .open(&path)
+                .map_err(unusable(format!("cannot create {}", path.display())))?;
+        }
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
