@@ -28,6 +28,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(30);
 pub const LOGIN_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for `BYE` after `QUIT`.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// Connections tried before the first login gives up: with the backoff
+/// below, about 1.5 to 3 s, long enough for a server to restart.
+pub const FIRST_LOGIN_TRIES: u32 = 6;
 /// Reconnection delays: the first, and the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -145,8 +148,6 @@ pub struct Machine {
     last_activity: Instant,
     /// Failed attempts since the last login, for the backoff.
     attempt: u32,
-    /// A TCP connection was made at least once.
-    ever_connected: bool,
     /// A login succeeded at least once.
     ever_logged_in: bool,
 }
@@ -168,7 +169,6 @@ impl Machine {
             next_ping: None,
             last_activity: now,
             attempt: 0,
-            ever_connected: false,
             ever_logged_in: false,
         }
     }
@@ -219,7 +219,6 @@ impl Machine {
 
     /// A new connection is up: log in.
     pub fn on_connected(&mut self, now: Instant) -> Vec<Action> {
-        self.ever_connected = true;
         self.phase = Phase::LoggingIn {
             deadline: now + LOGIN_WAIT,
         };
@@ -233,11 +232,12 @@ impl Machine {
         })]
     }
 
-    /// Connecting failed (`why` says how). Before any connection ever
-    /// worked this is final: there is probably no server at that address.
+    /// Connecting failed (`why` says how). Before the first login this is
+    /// tried [`FIRST_LOGIN_TRIES`] times and then final: a server that is
+    /// restarting comes back within that, a wrong address or port does not.
     pub fn on_connect_failed(&mut self, why: &str) -> Vec<Action> {
-        if !self.ever_connected {
-            return self.exit(Outcome::Closed(why.to_owned()));
+        if !self.ever_logged_in {
+            return self.before_first_login(why);
         }
         self.retry(format!("cannot reconnect ({why})"))
     }
@@ -248,11 +248,9 @@ impl Machine {
         match self.phase {
             Phase::Down | Phase::Done => Vec::new(),
             Phase::Quitting { .. } => self.exit(Outcome::Quit),
-            // Lost before the first login: most likely the wrong server or
-            // port, where trying again would not help.
-            Phase::LoggingIn { .. } if !self.ever_logged_in => {
-                self.exit(Outcome::Closed(why.to_owned()))
-            }
+            // Lost before the first login: a server killed while it let us
+            // in, or the wrong server or port (see `before_first_login`).
+            Phase::LoggingIn { .. } if !self.ever_logged_in => self.before_first_login(why),
             _ => self.lost(why.to_owned()),
         }
     }
@@ -322,6 +320,11 @@ impl Machine {
                     "the server did not answer LOGIN within {} s",
                     LOGIN_WAIT.as_secs()
                 );
+                // A server that accepts and stays silent is not restarting:
+                // before the first login this is final at once.
+                if !self.ever_logged_in {
+                    return self.exit(Outcome::Closed(why));
+                }
                 return self.on_lost(&why);
             }
             Phase::Quitting { deadline } if now >= deadline => {
@@ -511,6 +514,15 @@ impl Machine {
         };
         self.next_ping = None;
         out
+    }
+
+    /// A connection failed before any login worked: try again with backoff
+    /// a few times, then give up with `why`.
+    fn before_first_login(&mut self, why: &str) -> Vec<Action> {
+        if self.attempt + 1 >= FIRST_LOGIN_TRIES {
+            return self.exit(Outcome::Closed(why.to_owned()));
+        }
+        self.lost(why.to_owned())
     }
 
     /// This connection is over but the run may go on.

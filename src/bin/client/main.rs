@@ -40,8 +40,9 @@ const DEFAULT_MAX_FRAME_BYTES: u64 = 16 << 20;
 /// to 5 s, with jitter) and resends every unconfirmed line, in order, with
 /// the same message id, so it is stored once. A line is dropped (with a
 /// note on stderr) only when the server refuses it for good (EMPTY_MESSAGE,
-/// FRAME_TOO_LONG, BAD_FRAME). It exits 1 on UNKNOWN_CLIENT, AUTH_FAILED or
-/// BYE replaced. A message is acknowledged only once printed and never
+/// FRAME_TOO_LONG, BAD_FRAME). It exits 1 on UNKNOWN_CLIENT, AUTH_FAILED,
+/// BYE replaced, or a server it cannot reach in 6 tries (about 3 s) before
+/// its first login. A message is acknowledged only once printed and never
 /// printed twice; a frame it cannot decode ends the connection instead of
 /// being skipped. Memory is bounded: at most 1,024 unconfirmed lines (stdin
 /// is not read while they hold 4 MiB or more; a line over --max-frame-bytes

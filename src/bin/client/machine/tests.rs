@@ -455,11 +455,20 @@ fn bad_stdin_lines_are_skipped_with_a_note() {
 }
 
 #[test]
-fn no_server_at_all_is_final_but_a_server_that_went_away_is_waited_for() {
+fn no_server_at_all_is_final_after_a_few_tries_but_a_server_that_went_away_is_waited_for() {
     let t = Instant::now();
     let mut m = Machine::new(settings(), t);
+    for _ in 1..FIRST_LOGIN_TRIES {
+        assert!(reconnects(
+            &m.on_connect_failed("cannot connect to x: refused")
+        ));
+    }
     let a = m.on_connect_failed("cannot connect to x: refused");
     assert!(matches!(exit(&a), Some(Outcome::Closed(r)) if r.contains("cannot connect")));
+    // A server killed while it let us in, before the first WELCOME.
+    let mut m = Machine::new(settings(), t);
+    m.on_connected(t);
+    assert!(reconnects(&m.on_lost("eof")));
     let (mut m, _) = online(settings());
     m.on_lost("eof");
     assert!(reconnects(&m.on_connect_failed("refused")));
