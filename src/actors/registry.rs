@@ -29,8 +29,8 @@ use super::tail::Tail;
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
-    Append, CountFromOthers, ForgetMids, MidRecord, Prune, ReadAfter, Recovered, SaveAcks,
-    StoreActor, StoreError,
+    Append, CountFromOthers, ForgetMids, MidRecord, Prune, Pruned, ReadAfter, Recovered,
+    SaveAcks, StoreActor, StoreError,
 };
 use crate::types::{unix_ms_now, ClientId, Message, Seq};
 
@@ -66,9 +66,12 @@ pub struct RegistryConfig {
     pub tail_messages: usize,
     /// Most frame bytes kept in the in-memory tail.
     pub tail_bytes: usize,
-    /// Most messages in one store append.
+    /// Most messages in one store append…
     pub max_batch: usize,
-    /// Most messages read from the store at a time for one session.
+    /// …and most text bytes (but at least one message).
+    pub max_batch_bytes: usize,
+    /// Most messages read from the store at a time for one session (the
+    /// bytes read are bounded by the session's credit plus one window).
     pub read_chunk: usize,
     /// Most messages in one push to a session.
     pub max_deliver: usize,
@@ -91,6 +94,7 @@ impl Default for RegistryConfig {
             tail_messages: 100_000,
             tail_bytes: 16 * 1024 * 1024,
             max_batch: 4096,
+            max_batch_bytes: 8 * 1024 * 1024,
             read_chunk: 4096,
             max_deliver: 1024,
             ack_flush_interval: Duration::from_millis(200),
@@ -199,6 +203,54 @@ const MAX_FAILURE_DELAY: Duration = Duration::from_secs(10);
 /// Failures older than this no longer count.
 const FAILURE_MEMORY: Duration = Duration::from_secs(600);
 
+/// How far behind what `--retain` allows pruning may be held by one id
+/// before the registry says so.
+const PRUNE_WARN_BEHIND: u64 = 10_000;
+/// At most one such warning this often.
+const PRUNE_WARN_EVERY: Duration = Duration::from_secs(600);
+
+/// What bounds a prune: everything up to `upto` is handled by every id but
+/// `owner` (the id with the lowest `last_ack`); `owner` has handled it only
+/// up to the first message after `owner_ack` it did not send itself. `next`
+/// is the id with the second lowest ack, which bounds `upto` when lower
+/// than `--retain`'s limit.
+#[derive(Debug, Clone)]
+struct PruneBounds {
+    upto: Seq,
+    owner: ClientId,
+    owner_ack: Seq,
+    next: Option<(ClientId, Seq)>,
+}
+
+impl PruneBounds {
+    fn of(users: &HashMap<ClientId, User>, limit: Seq) -> Option<PruneBounds> {
+        let mut lowest: Option<(&ClientId, Seq)> = None;
+        let mut next: Option<(&ClientId, Seq)> = None;
+        for (id, u) in users {
+            let a = u.last_ack;
+            match lowest {
+                Some((_, l)) if a >= l => {
+                    if next.is_none_or(|(_, n)| a < n) {
+                        next = Some((id, a));
+                    }
+                }
+                _ => {
+                    next = lowest;
+                    lowest = Some((id, a));
+                }
+            }
+        }
+        let (owner, owner_ack) = lowest?;
+        let next = next.filter(|(_, a)| *a < limit);
+        Some(PruneBounds {
+            upto: next.map_or(limit, |(_, a)| a),
+            owner: owner.clone(),
+            owner_ack,
+            next: next.map(|(id, a)| (id.clone(), a)),
+        })
+    }
+}
+
 /// The registry actor. Start it on an arbiter of its own.
 pub struct Registry {
     config: RegistryConfig,
@@ -223,8 +275,12 @@ pub struct Registry {
     /// Sessions whose secret is being checked, with the `SEND`s they
     /// pipelined behind their `LOGIN` (handled once they are admitted).
     authenticating: HashMap<SessionId, Vec<Publish>>,
-    /// Everything up to here is (being) pruned from the store.
+    /// Everything up to here is pruned from the store.
     pruned: Seq,
+    /// A prune is under way.
+    pruning: bool,
+    /// When the registry last said who holds pruning back.
+    prune_warned: Option<Instant>,
     /// Woken when no append is in flight and nothing is pending.
     idle_waiters: Vec<oneshot::Sender<()>>,
     /// Woken when the last session is gone.
@@ -280,6 +336,8 @@ impl Registry {
             auth: None,
             authenticating: HashMap::new(),
             pruned: Seq::ZERO,
+            pruning: false,
+            prune_warned: None,
             idle_waiters: Vec::new(),
             empty_waiters: Vec::new(),
         }
@@ -308,7 +366,15 @@ impl Registry {
             }
             return;
         }
-        let take = self.pending.len().min(self.config.max_batch);
+        let mut take = 0;
+        let mut bytes = 0;
+        for p in self.pending.iter().take(self.config.max_batch) {
+            bytes += p.text.len();
+            if take > 0 && bytes > self.config.max_batch_bytes {
+                break;
+            }
+            take += 1;
+        }
         let batch: Vec<PendingSend> = self.pending.drain(..take).collect();
         let mut seq = self.head;
         let mut mids = Vec::new();
@@ -485,11 +551,13 @@ impl Registry {
         if !push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
             return;
         }
-        // Behind the tail: read the next chunk from the store. Reads run
-        // ahead of the socket by up to one window, so the disk and the socket
-        // work at the same time while a reader catches up (at most a window
-        // and two chunks queued).
-        if s.credit <= -(self.config.session_window_bytes as i64) {
+        // Behind the tail: read the next chunk from the store, while the
+        // session has credit left. A read asks for the credit plus one window
+        // of frame bytes, so it runs up to a window ahead of the socket (the
+        // disk and the socket work at the same time while a reader catches
+        // up), and a session never has more than two windows plus one frame
+        // pushed and not yet written.
+        if s.credit <= 0 {
             return;
         }
         s.reading = true;
@@ -498,6 +566,7 @@ impl Registry {
             after: s.cursor,
             upto,
             max: self.config.read_chunk,
+            max_bytes: s.credit as usize + self.config.session_window_bytes,
         };
         self.store
             .send(read)
@@ -580,32 +649,97 @@ impl Registry {
             .spawn(ctx);
     }
 
-    /// Deletes messages every allowed id has acknowledged, keeping the
-    /// newest `Retain::Newest(n)`.
+    /// Deletes messages every allowed id has handled (acknowledged, or sent
+    /// itself), keeping the newest `Retain::Newest(n)`; see
+    /// [`PruneBounds`].
     fn prune(&mut self, ctx: &mut Context<Self>) {
         let Retain::Newest(keep) = self.config.retain else {
             return;
         };
-        let all_acked = self
-            .users
-            .values()
-            .map(|u| u.last_ack)
-            .min()
-            .unwrap_or(Seq::ZERO);
-        let upto = all_acked.min(Seq(self.head.0.saturating_sub(keep)));
-        if upto <= self.pruned {
+        if self.pruning {
             return;
         }
-        self.pruned = upto;
+        let limit = Seq(self.head.0.saturating_sub(keep));
+        let Some(b) = PruneBounds::of(&self.users, limit) else {
+            return;
+        };
+        if b.upto <= self.pruned {
+            let done = Pruned {
+                upto: self.pruned,
+                deleted: 0,
+            };
+            self.on_pruned(&b, limit, done);
+            return;
+        }
+        let after = b.owner_ack.max(self.pruned);
+        let owner = (after < b.upto).then(|| b.owner.clone());
+        self.pruning = true;
         self.store
-            .send(Prune(upto))
+            .send(Prune {
+                upto: b.upto,
+                after,
+                owner,
+            })
             .into_actor(self)
-            .map(move |res, _, _| match res {
-                Ok(Ok(n)) => log::debug!("pruned {n} message(s) up to seq {upto}"),
-                Ok(Err(e)) => log::warn!("pruning up to seq {upto} failed: {e}"),
-                Err(e) => log::warn!("store unreachable while pruning: {e}"),
+            .map(move |res, act, _| {
+                act.pruning = false;
+                match res {
+                    Ok(Ok(done)) => act.on_pruned(&b, limit, done),
+                    Ok(Err(e)) => log::warn!("pruning up to seq {} failed: {e}", b.upto),
+                    Err(e) => log::warn!("store unreachable while pruning: {e}"),
+                }
             })
             .spawn(ctx);
+    }
+
+    /// Records what was pruned, and says (at most every
+    /// [`PRUNE_WARN_EVERY`]) which id holds pruning back when it is more
+    /// than [`PRUNE_WARN_BEHIND`] messages behind what `--retain` allows.
+    fn on_pruned(&mut self, b: &PruneBounds, limit: Seq, done: Pruned) {
+        if done.deleted > 0 {
+            log::debug!("pruned {} message(s) up to seq {}", done.deleted, done.upto);
+        }
+        self.pruned = self.pruned.max(done.upto);
+        let behind = limit.0.saturating_sub(self.pruned.0);
+        if behind <= PRUNE_WARN_BEHIND
+            || self
+                .prune_warned
+                .is_some_and(|t| t.elapsed() < PRUNE_WARN_EVERY)
+        {
+            return;
+        }
+        // The owner stopped it short of `upto`, or the next id's ack did.
+        let (id, ack) = match &b.next {
+            Some((next, ack)) if done.upto >= b.upto => (next, *ack),
+            _ => (&b.owner, b.owner_ack),
+        };
+        log::warn!(
+            "retention: client {id} (last ack {ack}) has not acknowledged seq {} and \
+             holds pruning back by {behind} message(s); an allowed id that never logs \
+             in or never acknowledges keeps the log growing",
+            self.pruned.next()
+        );
+        self.prune_warned = Some(Instant::now());
+    }
+
+    /// Lets mids older than the dedupe window go (beyond each id's newest
+    /// `dedupe_keep`) and tells the store, per client id whose oldest
+    /// remembered mid moved on, below which seq it may forget them.
+    fn forget_mids(&mut self) {
+        let keep = self.config.dedupe_keep;
+        let max_age = self.config.dedupe_window.as_millis() as u64;
+        let now = unix_ms_now();
+        let cutoffs: Vec<(ClientId, Seq)> = self
+            .mids
+            .iter_mut()
+            .filter_map(|(id, w)| {
+                w.expire(keep, max_age, now);
+                w.cutoff_changed().map(|seq| (id.clone(), seq))
+            })
+            .collect();
+        if !cutoffs.is_empty() {
+            self.store.do_send(ForgetMids(cutoffs));
+        }
     }
 
     fn remove_session(&mut self, sid: SessionId) {
@@ -630,13 +764,12 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.config.ack_flush_interval;
         ctx.run_interval(every, |act, ctx| act.save_acks(ctx));
-        // The store forgets message ids the registry no longer remembers.
-        ctx.run_interval(Duration::from_secs(60), |act, _| {
-            let window = act.config.dedupe_window.as_millis() as u64;
-            act.store.do_send(ForgetMids {
-                older_than_ms: unix_ms_now().saturating_sub(window),
-                keep: act.config.dedupe_keep,
-            });
+        // Every minute: mids age out, the store forgets those the registry
+        // no longer remembers, and pruning is retried (and what holds it
+        // back reported).
+        ctx.run_interval(Duration::from_secs(60), |act, ctx| {
+            act.forget_mids();
+            act.prune(ctx);
         });
     }
 }

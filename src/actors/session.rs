@@ -3,10 +3,12 @@
 //!
 //! Reading and writing are each one future at a time, spawned in the
 //! session's own context:
-//! - the reader reads what the socket has, decodes every complete frame and
-//!   handles it; it pauses while too many `SEND`s wait for an answer or too
-//!   many replies wait to be written, so a client cannot make the broker
-//!   buffer without bound;
+//! - the reader reads what the socket has, decodes the complete frames and
+//!   handles them; it pauses while too many `SEND`s (or `SEND` bytes) wait
+//!   for an answer or too many bytes of replies wait to be written, so a
+//!   client cannot make the broker buffer without bound. A pause takes
+//!   effect between two frames: the rest of the read waits in the read
+//!   buffer and is decoded before the socket is read again;
 //! - the writer takes everything queued so far and writes it in one go
 //!   (frames coalesce while a write is under way), then returns the
 //!   delivered bytes to the registry as credit.
@@ -38,9 +40,12 @@ const MAX_READ: usize = 64 * 1024;
 pub struct SessionConfig {
     /// Longest accepted frame, terminator excluded.
     pub max_frame_bytes: usize,
-    /// `SEND`s that may wait for their `SENT` before reading pauses.
+    /// `SEND`s that may wait for their `SENT` before reading pauses…
     pub max_unanswered_sends: usize,
-    /// Bytes of replies that may wait to be written before reading pauses.
+    /// …and bytes of their text (one `SEND` is always let through).
+    pub max_unanswered_send_bytes: usize,
+    /// Bytes of replies that may wait to be written (or wait behind an
+    /// answer still owed) before reading pauses.
     pub max_queued_reply_bytes: usize,
     /// How long a closing session waits for its last bytes to be written.
     pub close_grace: Duration,
@@ -56,6 +61,7 @@ impl Default for SessionConfig {
         SessionConfig {
             max_frame_bytes: crate::net::DEFAULT_MAX_FRAME_BYTES,
             max_unanswered_sends: 1024,
+            max_unanswered_send_bytes: 1024 * 1024,
             max_queued_reply_bytes: 256 * 1024,
             close_grace: Duration::from_secs(5),
             login_timeout: Some(Duration::from_secs(10)),
@@ -121,8 +127,9 @@ enum Owed {
 enum Answer {
     /// The registry has not answered yet.
     Awaiting(Owed),
-    /// An answer ready to go once every earlier one has gone.
-    Ready(ServerFrame),
+    /// Encoded answers (one or more in a row) ready to go once every
+    /// earlier one has gone.
+    Ready(BytesMut),
 }
 
 /// The actor behind one connection.
@@ -140,6 +147,14 @@ pub struct Session {
     read_size: usize,
     /// A read future is under way.
     reading: bool,
+    /// Decoding stopped at a pause: `read_buf` may hold complete frames,
+    /// decoded before the next read.
+    stalled: bool,
+    /// The peer ended its input; handled once what is left is decoded.
+    eof: bool,
+    /// `read_buf` grew past a read (a long frame): let its allocation go
+    /// once that frame is decoded.
+    read_buf_grown: bool,
 
     writer: Option<Writer>,
     /// Frames queued for the next write.
@@ -159,7 +174,12 @@ pub struct Session {
     write_closed: bool,
 
     answers: VecDeque<Answer>,
+    /// Bytes of the `Ready` answers in `answers`.
+    ready_bytes: usize,
     unanswered_sends: usize,
+    /// Text bytes of each unanswered `SEND`, oldest first, and their sum.
+    send_sizes: VecDeque<usize>,
+    unanswered_send_bytes: usize,
     /// Highest seq written to this connection (acks above it are refused).
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
@@ -192,6 +212,9 @@ impl Session {
             read_buf: BytesMut::new(),
             read_size: MIN_READ,
             reading: false,
+            stalled: false,
+            eof: false,
+            read_buf_grown: false,
             writer: Some(writer),
             out: BytesMut::new(),
             out_msg_bytes: 0,
@@ -202,7 +225,10 @@ impl Session {
             writing: false,
             write_closed: false,
             answers: VecDeque::new(),
+            ready_bytes: 0,
             unanswered_sends: 0,
+            send_sizes: VecDeque::new(),
+            unanswered_send_bytes: 0,
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
             closing: false,
@@ -263,12 +289,26 @@ impl Session {
     fn read_paused(&self) -> bool {
         !self.closing
             && (self.unanswered_sends >= self.config.max_unanswered_sends
-                || self.out.len() - self.out_msg_bytes > self.config.max_queued_reply_bytes)
+                || self.unanswered_send_bytes >= self.config.max_unanswered_send_bytes
+                || self.out.len() - self.out_msg_bytes + self.ready_bytes
+                    > self.config.max_queued_reply_bytes)
     }
 
+    /// Goes on reading: first the frames a pause left in `read_buf`, then
+    /// the end of input if it came, then the socket.
     fn start_read(&mut self, ctx: &mut Context<Self>) {
         if self.reading || self.read_paused() {
             return;
+        }
+        if self.stalled {
+            self.decode_frames(ctx);
+            if self.stalled {
+                return;
+            }
+        }
+        if self.eof {
+            self.eof = false;
+            return self.on_eof(ctx);
         }
         let Some(mut reader) = self.reader.take() else {
             return;
@@ -286,7 +326,10 @@ impl Session {
             act.reader = Some(reader);
             act.read_buf = buf;
             match res {
-                Ok(0) => act.on_eof(ctx),
+                Ok(0) => {
+                    act.eof = true;
+                    act.start_read(ctx);
+                }
                 Ok(n) => {
                     act.last_input = std::time::Instant::now();
                     // Grow the next read while reads fill the buffer; start
@@ -297,9 +340,6 @@ impl Session {
                         MIN_READ
                     };
                     act.decode_frames(ctx);
-                    if act.read_buf.is_empty() {
-                        act.read_buf = BytesMut::new();
-                    }
                     act.start_read(ctx);
                 }
                 Err(e) => {
@@ -311,12 +351,29 @@ impl Session {
         .spawn(ctx);
     }
 
+    /// Lets go of a read buffer that is empty, or that a long frame made
+    /// big and that now holds little.
+    fn shrink_read_buf(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+            self.read_buf_grown = false;
+        } else if self.read_buf.len() > 2 * MAX_READ {
+            self.read_buf_grown = true;
+        } else if self.read_buf_grown && self.read_buf.len() <= MAX_READ {
+            self.read_buf = BytesMut::from(&self.read_buf[..]);
+            self.read_buf_grown = false;
+        }
+    }
+
     fn on_eof(&mut self, ctx: &mut Context<Self>) {
         // A last frame without a newline still counts.
         while let Ok(Some(item)) = self.codec.decode_eof(&mut self.read_buf) {
             self.handle_item(item, ctx);
         }
+        self.read_buf = BytesMut::new();
         self.reader = None;
+        self.forward_ack();
+        self.flush(ctx);
         if self.write_closed {
             // We had finished already and the peer has now stopped too.
             ctx.stop();
@@ -326,8 +383,15 @@ impl Session {
         }
     }
 
+    /// Decodes and handles frames from `read_buf` until it holds no
+    /// complete one or reading is paused.
     fn decode_frames(&mut self, ctx: &mut Context<Self>) {
+        self.stalled = false;
         loop {
+            if self.read_paused() {
+                self.stalled = true;
+                break;
+            }
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Some(item)) => self.handle_item(item, ctx),
                 Ok(None) => break,
@@ -338,6 +402,7 @@ impl Session {
                 }
             }
         }
+        self.shrink_read_buf();
         self.forward_ack();
         self.flush(ctx);
     }
@@ -378,6 +443,8 @@ impl Session {
                     return self.refuse(ErrorCode::NotLoggedIn, "log in first");
                 }
                 self.unanswered_sends += 1;
+                self.send_sizes.push_back(text.len());
+                self.unanswered_send_bytes += text.len();
                 self.answers.push_back(Answer::Awaiting(Owed::Send));
                 self.registry.do_send(Publish {
                     session: self.id,
@@ -431,9 +498,15 @@ impl Session {
     /// Queues an answer behind every earlier one.
     fn answer(&mut self, frame: ServerFrame) {
         if self.answers.is_empty() {
-            frame.encode(&mut self.out);
-        } else {
-            self.answers.push_back(Answer::Ready(frame));
+            return frame.encode(&mut self.out);
+        }
+        if !matches!(self.answers.back(), Some(Answer::Ready(_))) {
+            self.answers.push_back(Answer::Ready(BytesMut::new()));
+        }
+        if let Some(Answer::Ready(buf)) = self.answers.back_mut() {
+            let before = buf.len();
+            frame.encode(buf);
+            self.ready_bytes += buf.len() - before;
         }
     }
 
@@ -450,15 +523,24 @@ impl Session {
         };
         if owed == Owed::Send {
             self.unanswered_sends -= 1;
+            let size = self.send_sizes.pop_front().unwrap_or(0);
+            self.unanswered_send_bytes -= size.min(self.unanswered_send_bytes);
         }
-        self.answers[i] = Answer::Ready(frame);
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
         if let Some(extra) = extra {
-            self.answers.insert(i + 1, Answer::Ready(extra));
+            extra.encode(&mut buf);
         }
+        self.ready_bytes += buf.len();
+        self.answers[i] = Answer::Ready(buf);
         while let Some(Answer::Ready(_)) = self.answers.front() {
-            if let Some(Answer::Ready(f)) = self.answers.pop_front() {
-                f.encode(&mut self.out);
+            if let Some(Answer::Ready(buf)) = self.answers.pop_front() {
+                self.ready_bytes -= buf.len();
+                self.out.extend_from_slice(&buf);
             }
+        }
+        if self.answers.is_empty() && self.answers.capacity() > 64 {
+            self.answers = VecDeque::new();
         }
     }
 
@@ -554,8 +636,11 @@ impl Session {
 
     /// The registry ends the connection: answers it still owed will not come.
     fn drop_owed_answers(&mut self) {
-        self.answers.clear();
+        self.answers = VecDeque::new();
+        self.ready_bytes = 0;
         self.unanswered_sends = 0;
+        self.send_sizes = VecDeque::new();
+        self.unanswered_send_bytes = 0;
     }
 }
 
@@ -622,6 +707,14 @@ impl Handler<ToSession> for Session {
                     .position(|a| matches!(a, Answer::Awaiting(Owed::Login)))
                 {
                     self.answers.truncate(i + 1);
+                    self.ready_bytes = self
+                        .answers
+                        .iter()
+                        .map(|a| match a {
+                            Answer::Ready(buf) => buf.len(),
+                            Answer::Awaiting(_) => 0,
+                        })
+                        .sum();
                 }
                 self.fill(
                     Owed::Login,
@@ -640,5 +733,7 @@ impl Handler<ToSession> for Session {
             }
         }
         self.flush(ctx);
+        // An answer may have ended a pause.
+        self.start_read(ctx);
     }
 }
