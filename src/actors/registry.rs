@@ -138,6 +138,9 @@ struct PendingSend {
     /// A resend of a mid stored (or being stored) already: answered with
     /// the first copy's seq, not stored again.
     dup: bool,
+    /// For a resend of a remembered mid: its first copy's seq, taken when
+    /// it was queued (newer mids may push it out of the window meanwhile).
+    first: Option<Seq>,
 }
 
 /// Pushes `s` the messages after its cursor that the tail holds, while it
@@ -433,10 +436,11 @@ impl Registry {
             Vec::with_capacity(batch.len());
         for p in batch {
             let answer = if p.dup {
-                let first = p
-                    .mid
-                    .as_deref()
-                    .and_then(|mid| self.mids.get(&p.from)?.get(mid));
+                let first = p.first.or_else(|| {
+                    p.mid
+                        .as_deref()
+                        .and_then(|mid| self.mids.get(&p.from)?.get(mid))
+                });
                 first.ok_or_else(|| {
                     FrameError::new(
                         ErrorCode::Limit,
@@ -896,10 +900,13 @@ impl Registry {
         }
         let from = s.id.clone();
         let mid = msg.tags.mid;
-        let dup = mid.as_ref().is_some_and(|m| {
-            self.mids.get(&from).is_some_and(|w| w.get(m).is_some())
-                || self.inflight_mids.contains(&(from.clone(), m.clone()))
-        });
+        let first = mid
+            .as_deref()
+            .and_then(|m| self.mids.get(&from)?.get(m));
+        let dup = first.is_some()
+            || mid
+                .as_ref()
+                .is_some_and(|m| self.inflight_mids.contains(&(from.clone(), m.clone())));
         if let (false, Some(m)) = (dup, &mid) {
             self.inflight_mids.insert((from.clone(), m.clone()));
         }
@@ -910,6 +917,7 @@ impl Registry {
             unix_ms: unix_ms_now(),
             mid,
             dup,
+            first,
         });
         self.commit(ctx);
     }
