@@ -297,7 +297,8 @@ impl Session {
     /// Goes on reading: first the frames a pause left in `read_buf`, then
     /// the end of input if it came, then the socket.
     fn start_read(&mut self, ctx: &mut Context<Self>) {
-        if self.reading || self.read_paused() {
+        // A stopping session reads no more (a read would keep it alive).
+        if self.reading || self.read_paused() || ctx.state().stopping() {
             return;
         }
         if self.stalled {
@@ -317,6 +318,11 @@ impl Session {
         let want = self.read_size;
         self.reading = true;
         async move {
+            // Let the event loop run first: a peer that always has input
+            // ready would otherwise keep this session's context polling
+            // forever, starving timers (the close grace) and the other
+            // sessions on this thread.
+            tokio::task::yield_now().await;
             let res = reader.read_some(&mut buf, want).await;
             (reader, buf, res)
         }
@@ -614,7 +620,8 @@ impl Session {
         .into_actor(self)
         .map(|writer, act, ctx| {
             act.writer = Some(writer);
-            if act.reader.is_none() {
+            // No reader and none reading: the peer's end of input was seen.
+            if act.reader.is_none() && !act.reading {
                 ctx.stop();
             } else {
                 act.start_read(ctx);
