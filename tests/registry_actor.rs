@@ -492,7 +492,10 @@ impl herald::store::Store for Shared {
     ) -> Result<(), herald::store::StoreError> {
         self.0.lock().unwrap().append(batch, mids)
     }
-    fn forget_mids(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), herald::store::StoreError> {
+    fn forget_mids(
+        &mut self,
+        cutoffs: &[(ClientId, Seq)],
+    ) -> Result<(), herald::store::StoreError> {
         self.0.lock().unwrap().forget_mids(cutoffs)
     }
     fn read_after(

@@ -29,8 +29,8 @@ use super::tail::Tail;
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
-    Append, CountFromOthers, ForgetMids, MidRecord, Prune, Pruned, ReadAfter, Recovered,
-    SaveAcks, StoreActor, StoreError,
+    Append, CountFromOthers, ForgetMids, MidRecord, Prune, Pruned, ReadAfter, Recovered, SaveAcks,
+    StoreActor, StoreError,
 };
 use crate::types::{unix_ms_now, ClientId, Message, Seq};
 
@@ -900,9 +900,7 @@ impl Registry {
         }
         let from = s.id.clone();
         let mid = msg.tags.mid;
-        let first = mid
-            .as_deref()
-            .and_then(|m| self.mids.get(&from)?.get(m));
+        let first = mid.as_deref().and_then(|m| self.mids.get(&from)?.get(m));
         let dup = first.is_some()
             || mid
                 .as_ref()

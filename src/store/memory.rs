@@ -135,7 +135,10 @@ mod tests {
             .map(|m| m.seq().0)
             .collect();
         assert_eq!(got, vec![2, 3]);
-        assert_eq!(s.read_after(Seq(3), Seq(3), 10, usize::MAX).unwrap(), vec![]);
+        assert_eq!(
+            s.read_after(Seq(3), Seq(3), 10, usize::MAX).unwrap(),
+            vec![]
+        );
         // A byte bound stops the read, but never before the first message.
         let frame = msg(1, "a").frame().len();
         let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq().0).collect::<Vec<_>>();
