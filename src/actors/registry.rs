@@ -60,7 +60,9 @@ impl std::str::FromStr for Retain {
 /// Tunables of the registry; the defaults suit a small machine.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// Frame bytes a session may have pushed but not yet written.
+    /// A session's delivery credit: frame bytes it may be pushed beyond
+    /// what it has handed back as written. A store read may run one more
+    /// window ahead, so at most twice this plus one frame is unwritten.
     pub session_window_bytes: usize,
     /// Most messages kept in the in-memory tail.
     pub tail_messages: usize,
