@@ -99,5 +99,7 @@ async fn an_id_that_never_logs_in_holds_pruning_back_and_is_named() {
         assert!(Instant::now() < deadline, "the holder was not named");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Not the pure sender, whose ack is as low.
+    assert!(!s.log.lock().unwrap().contains("retention: client w "));
     assert_eq!(stored(dir.path()), n as i64);
 }

@@ -4,6 +4,7 @@
 pub mod dedupe;
 pub mod messages;
 pub mod registry;
+mod retention;
 pub mod session;
 mod tail;
 

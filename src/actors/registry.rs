@@ -25,37 +25,16 @@ use tokio::sync::oneshot;
 
 use super::dedupe::MidWindow;
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
+pub use super::retention::Retain;
+use super::retention::{PruneBounds, Pruning};
 use super::tail::Tail;
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
-    Append, CountFromOthers, ForgetMids, MidRecord, Prune, Pruned, ReadAfter, Recovered, SaveAcks,
-    StoreActor, StoreError,
+    Append, CountFromOthers, ForgetMids, MidRecord, ReadAfter, Recovered, SaveAcks, StoreActor,
+    StoreError,
 };
 use crate::types::{unix_ms_now, ClientId, Message, Seq};
-
-/// How long messages are kept once every allowed id has acknowledged them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Retain {
-    /// Keep every message forever.
-    #[default]
-    All,
-    /// Delete fully acknowledged messages, but always keep the newest N.
-    Newest(u64),
-}
-
-impl std::str::FromStr for Retain {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "all" => Ok(Retain::All),
-            n => n
-                .parse()
-                .map(Retain::Newest)
-                .map_err(|_| format!("'{s}' is neither 'all' nor a number of messages")),
-        }
-    }
-}
 
 /// Tunables of the registry; the defaults suit a small machine.
 #[derive(Clone, Debug)]
@@ -208,54 +187,6 @@ const MAX_FAILURE_DELAY: Duration = Duration::from_secs(10);
 /// Failures older than this no longer count.
 const FAILURE_MEMORY: Duration = Duration::from_secs(600);
 
-/// How far behind what `--retain` allows pruning may be held by one id
-/// before the registry says so.
-const PRUNE_WARN_BEHIND: u64 = 10_000;
-/// At most one such warning this often.
-const PRUNE_WARN_EVERY: Duration = Duration::from_secs(600);
-
-/// What bounds a prune: everything up to `upto` is handled by every id but
-/// `owner` (the id with the lowest `last_ack`); `owner` has handled it only
-/// up to the first message after `owner_ack` it did not send itself. `next`
-/// is the id with the second lowest ack, which bounds `upto` when lower
-/// than `--retain`'s limit.
-#[derive(Debug, Clone)]
-struct PruneBounds {
-    upto: Seq,
-    owner: ClientId,
-    owner_ack: Seq,
-    next: Option<(ClientId, Seq)>,
-}
-
-impl PruneBounds {
-    fn of(users: &HashMap<ClientId, User>, limit: Seq) -> Option<PruneBounds> {
-        let mut lowest: Option<(&ClientId, Seq)> = None;
-        let mut next: Option<(&ClientId, Seq)> = None;
-        for (id, u) in users {
-            let a = u.last_ack;
-            match lowest {
-                Some((_, l)) if a >= l => {
-                    if next.is_none_or(|(_, n)| a < n) {
-                        next = Some((id, a));
-                    }
-                }
-                _ => {
-                    next = lowest;
-                    lowest = Some((id, a));
-                }
-            }
-        }
-        let (owner, owner_ack) = lowest?;
-        let next = next.filter(|(_, a)| *a < limit);
-        Some(PruneBounds {
-            upto: next.map_or(limit, |(_, a)| a),
-            owner: owner.clone(),
-            owner_ack,
-            next: next.map(|(id, a)| (id.clone(), a)),
-        })
-    }
-}
-
 /// The registry actor. Start it on an arbiter of its own.
 pub struct Registry {
     config: RegistryConfig,
@@ -280,12 +211,8 @@ pub struct Registry {
     /// Sessions whose secret is being checked, with the `SEND`s they
     /// pipelined behind their `LOGIN` (handled once they are admitted).
     authenticating: HashMap<SessionId, Vec<Publish>>,
-    /// Everything up to here is pruned from the store.
-    pruned: Seq,
-    /// A prune is under way.
-    pruning: bool,
-    /// When the registry last said who holds pruning back.
-    prune_warned: Option<Instant>,
+    /// How far the store is pruned.
+    pruning: Pruning,
     /// Woken when no append is in flight and nothing is pending.
     idle_waiters: Vec<oneshot::Sender<()>>,
     /// Woken when the last session is gone.
@@ -340,9 +267,7 @@ impl Registry {
             shutting_down: false,
             auth: None,
             authenticating: HashMap::new(),
-            pruned: Seq::ZERO,
-            pruning: false,
-            prune_warned: None,
+            pruning: Pruning::default(),
             idle_waiters: Vec::new(),
             empty_waiters: Vec::new(),
         }
@@ -657,75 +582,35 @@ impl Registry {
 
     /// Deletes messages every allowed id has handled (acknowledged, or sent
     /// itself), keeping the newest `Retain::Newest(n)`; see
-    /// [`PruneBounds`].
+    /// [`super::retention`].
     fn prune(&mut self, ctx: &mut Context<Self>) {
         let Retain::Newest(keep) = self.config.retain else {
             return;
         };
-        if self.pruning {
+        if self.pruning.busy {
             return;
         }
         let limit = Seq(self.head.0.saturating_sub(keep));
-        let Some(b) = PruneBounds::of(&self.users, limit) else {
+        let acks = self.users.iter().map(|(id, u)| (id, u.last_ack));
+        let Some(b) = PruneBounds::of(acks, limit) else {
             return;
         };
-        if b.upto <= self.pruned {
-            let done = Pruned {
-                upto: self.pruned,
-                deleted: 0,
-            };
-            self.on_pruned(&b, limit, done);
+        let Some(prune) = self.pruning.next(&b, limit) else {
             return;
-        }
-        let after = b.owner_ack.max(self.pruned);
-        let owner = (after < b.upto).then(|| b.owner.clone());
-        self.pruning = true;
+        };
+        self.pruning.busy = true;
         self.store
-            .send(Prune {
-                upto: b.upto,
-                after,
-                owner,
-            })
+            .send(prune)
             .into_actor(self)
             .map(move |res, act, _| {
-                act.pruning = false;
+                act.pruning.busy = false;
                 match res {
-                    Ok(Ok(done)) => act.on_pruned(&b, limit, done),
+                    Ok(Ok(done)) => act.pruning.done(&b, limit, done),
                     Ok(Err(e)) => log::warn!("pruning up to seq {} failed: {e}", b.upto),
                     Err(e) => log::warn!("store unreachable while pruning: {e}"),
                 }
             })
             .spawn(ctx);
-    }
-
-    /// Records what was pruned, and says (at most every
-    /// [`PRUNE_WARN_EVERY`]) which id holds pruning back when it is more
-    /// than [`PRUNE_WARN_BEHIND`] messages behind what `--retain` allows.
-    fn on_pruned(&mut self, b: &PruneBounds, limit: Seq, done: Pruned) {
-        if done.deleted > 0 {
-            log::debug!("pruned {} message(s) up to seq {}", done.deleted, done.upto);
-        }
-        self.pruned = self.pruned.max(done.upto);
-        let behind = limit.0.saturating_sub(self.pruned.0);
-        if behind <= PRUNE_WARN_BEHIND
-            || self
-                .prune_warned
-                .is_some_and(|t| t.elapsed() < PRUNE_WARN_EVERY)
-        {
-            return;
-        }
-        // The owner stopped it short of `upto`, or the next id's ack did.
-        let (id, ack) = match &b.next {
-            Some((next, ack)) if done.upto >= b.upto => (next, *ack),
-            _ => (&b.owner, b.owner_ack),
-        };
-        log::warn!(
-            "retention: client {id} (last ack {ack}) has not acknowledged seq {} and \
-             holds pruning back by {behind} message(s); an allowed id that never logs \
-             in or never acknowledges keeps the log growing",
-            self.pruned.next()
-        );
-        self.prune_warned = Some(Instant::now());
     }
 
     /// Lets mids older than the dedupe window go (beyond each id's newest

@@ -218,15 +218,21 @@ pub struct Prune {
     pub after: Seq,
     /// The one id that has not acknowledged everything up to `upto`.
     pub owner: Option<ClientId>,
+    /// Pruned already up to here: nothing to delete at or below it.
+    pub pruned: Seq,
+    /// Report who sent the first message kept.
+    pub want_next_sender: bool,
 }
 
 /// What a [`Prune`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pruned {
     /// Every message up to here is gone.
     pub upto: Seq,
     /// How many were deleted.
     pub deleted: u64,
+    /// Who sent the first message kept, when asked and there is one.
+    pub next_sender: Option<ClientId>,
 }
 
 impl Handler<Prune> for StoreActor {
@@ -239,8 +245,23 @@ impl Handler<Prune> for StoreActor {
                 upto = Seq(first.0 - 1);
             }
         }
-        let deleted = store.prune(upto)?;
-        Ok(Pruned { upto, deleted })
+        let deleted = if upto > msg.pruned {
+            store.prune(upto)?
+        } else {
+            0
+        };
+        let upto = upto.max(msg.pruned);
+        let next_sender = if msg.want_next_sender {
+            let next = store.read_after(upto, upto.next(), 1, 1)?;
+            next.first().map(|m| m.from().clone())
+        } else {
+            None
+        };
+        Ok(Pruned {
+            upto,
+            deleted,
+            next_sender,
+        })
     }
 }
 
