@@ -16,7 +16,6 @@
 //! Answers to a client's frames (`SENT`, `PONG`, `ERR`, `BYE quit`) go out
 //! in the order of the frames they answer.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
+use super::answers::{Answers, Owed};
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, ToSession};
 use super::registry::Registry;
 use crate::net::transport::{Connection, Reader, Writer, SMALL_READ};
@@ -114,24 +114,6 @@ impl LoginState {
     }
 }
 
-/// What kind of registry answer a frame is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owed {
-    /// `WELCOME` or a refusal, for `LOGIN`.
-    Login,
-    /// `SENT` or a refusal, for `SEND`.
-    Send,
-}
-
-/// An answer owed to the client, in the order of its frames.
-enum Answer {
-    /// The registry has not answered yet.
-    Awaiting(Owed),
-    /// Encoded answers (one or more in a row) ready to go once every
-    /// earlier one has gone.
-    Ready(BytesMut),
-}
-
 /// The actor behind one connection.
 pub struct Session {
     id: SessionId,
@@ -173,13 +155,7 @@ pub struct Session {
     /// The write half was shut down: nothing more goes out.
     write_closed: bool,
 
-    answers: VecDeque<Answer>,
-    /// Bytes of the `Ready` answers in `answers`.
-    ready_bytes: usize,
-    unanswered_sends: usize,
-    /// Text bytes of each unanswered `SEND`, oldest first, and their sum.
-    send_sizes: VecDeque<usize>,
-    unanswered_send_bytes: usize,
+    answers: Answers,
     /// Highest seq written to this connection (acks above it are refused).
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
@@ -224,11 +200,7 @@ impl Session {
             spare: BytesMut::new(),
             writing: false,
             write_closed: false,
-            answers: VecDeque::new(),
-            ready_bytes: 0,
-            unanswered_sends: 0,
-            send_sizes: VecDeque::new(),
-            unanswered_send_bytes: 0,
+            answers: Answers::default(),
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
             closing: false,
@@ -288,9 +260,9 @@ impl Session {
 
     fn read_paused(&self) -> bool {
         !self.closing
-            && (self.unanswered_sends >= self.config.max_unanswered_sends
-                || self.unanswered_send_bytes >= self.config.max_unanswered_send_bytes
-                || self.out.len() - self.out_msg_bytes + self.ready_bytes
+            && (self.answers.unanswered_sends() >= self.config.max_unanswered_sends
+                || self.answers.unanswered_send_bytes() >= self.config.max_unanswered_send_bytes
+                || self.out.len() - self.out_msg_bytes + self.answers.ready_bytes()
                     > self.config.max_queued_reply_bytes)
     }
 
@@ -435,7 +407,7 @@ impl Session {
                     );
                 }
                 self.login = LoginState::Pending(id.clone());
-                self.answers.push_back(Answer::Awaiting(Owed::Login));
+                self.answers.owe_login();
                 self.registry.do_send(Login {
                     session: self.id,
                     id,
@@ -448,10 +420,7 @@ impl Session {
                 if self.login == LoginState::None {
                     return self.refuse(ErrorCode::NotLoggedIn, "log in first");
                 }
-                self.unanswered_sends += 1;
-                self.send_sizes.push_back(text.len());
-                self.unanswered_send_bytes += text.len();
-                self.answers.push_back(Answer::Awaiting(Owed::Send));
+                self.answers.owe_send(text.len());
                 self.registry.do_send(Publish {
                     session: self.id,
                     text,
@@ -503,50 +472,14 @@ impl Session {
 
     /// Queues an answer behind every earlier one.
     fn answer(&mut self, frame: ServerFrame) {
-        if self.answers.is_empty() {
-            return frame.encode(&mut self.out);
-        }
-        if !matches!(self.answers.back(), Some(Answer::Ready(_))) {
-            self.answers.push_back(Answer::Ready(BytesMut::new()));
-        }
-        if let Some(Answer::Ready(buf)) = self.answers.back_mut() {
-            let before = buf.len();
-            frame.encode(buf);
-            self.ready_bytes += buf.len() - before;
-        }
+        self.answers.answer(frame, &mut self.out);
     }
 
-    /// The registry answered the oldest frame of kind `owed` still waiting
-    /// (the registry answers each kind in order); `extra` follows the answer.
+    /// The registry answered the oldest frame of kind `owed` still waiting;
+    /// `extra` follows the answer.
     fn fill(&mut self, owed: Owed, frame: ServerFrame, extra: Option<ServerFrame>) {
-        let Some(i) = self
-            .answers
-            .iter()
-            .position(|a| matches!(a, Answer::Awaiting(o) if *o == owed))
-        else {
+        if !self.answers.fill(owed, frame, extra, &mut self.out) {
             log::debug!("{}: an answer came for no {owed:?}", self.peer());
-            return;
-        };
-        if owed == Owed::Send {
-            self.unanswered_sends -= 1;
-            let size = self.send_sizes.pop_front().unwrap_or(0);
-            self.unanswered_send_bytes -= size.min(self.unanswered_send_bytes);
-        }
-        let mut buf = BytesMut::new();
-        frame.encode(&mut buf);
-        if let Some(extra) = extra {
-            extra.encode(&mut buf);
-        }
-        self.ready_bytes += buf.len();
-        self.answers[i] = Answer::Ready(buf);
-        while let Some(Answer::Ready(_)) = self.answers.front() {
-            if let Some(Answer::Ready(buf)) = self.answers.pop_front() {
-                self.ready_bytes -= buf.len();
-                self.out.extend_from_slice(&buf);
-            }
-        }
-        if self.answers.is_empty() && self.answers.capacity() > 64 {
-            self.answers = VecDeque::new();
         }
     }
 
@@ -643,11 +576,7 @@ impl Session {
 
     /// The registry ends the connection: answers it still owed will not come.
     fn drop_owed_answers(&mut self) {
-        self.answers = VecDeque::new();
-        self.ready_bytes = 0;
-        self.unanswered_sends = 0;
-        self.send_sizes = VecDeque::new();
-        self.unanswered_send_bytes = 0;
+        self.answers.clear();
     }
 }
 
@@ -708,21 +637,7 @@ impl Handler<ToSession> for Session {
             ToSession::LoginRefused(e, reason) => {
                 log::info!("{}: login refused: {e}", self.peer());
                 // Nothing after the refused login will be answered.
-                if let Some(i) = self
-                    .answers
-                    .iter()
-                    .position(|a| matches!(a, Answer::Awaiting(Owed::Login)))
-                {
-                    self.answers.truncate(i + 1);
-                    self.ready_bytes = self
-                        .answers
-                        .iter()
-                        .map(|a| match a {
-                            Answer::Ready(buf) => buf.len(),
-                            Answer::Awaiting(_) => 0,
-                        })
-                        .sum();
-                }
+                self.answers.drop_after_login();
                 self.fill(
                     Owed::Login,
                     ServerFrame::Err(e),
