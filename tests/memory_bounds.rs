@@ -257,7 +257,7 @@ async fn a_flood_behind_a_refused_login_keeps_memory_bounded() {
     }
     let during = sampler.max_kib();
     eprintln!(
-        "sent {} MB in {:?}; RssAnon at most {during} KiB",
+        "sent {} MB in {:?}; RssAnon {before} KiB before, at most {during} KiB",
         sent / 1_000_000,
         started.elapsed()
     );
