@@ -463,3 +463,286 @@ fn the_mid_window_keeps_the_newest_and_the_recent() {
     assert_eq!(w.len(), 5);
     assert_eq!(w.get("m1"), Some(Seq(1)));
 }
+
+/// A memory store the test can look into while the registry uses it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<Mutex<MemoryStore>>);
+
+impl Shared {
+    /// Seqs of the stored messages.
+    fn seqs(&self) -> Vec<u64> {
+        use herald::store::Store;
+        let mut s = self.0.lock().unwrap();
+        s.read_after(Seq(0), Seq(u64::MAX), usize::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq().0)
+            .collect()
+    }
+}
+
+impl herald::store::Store for Shared {
+    fn recover(&mut self) -> Result<Recovered, herald::store::StoreError> {
+        self.0.lock().unwrap().recover()
+    }
+    fn append(
+        &mut self,
+        batch: &[herald::Message],
+        mids: &[herald::store::MidRecord],
+    ) -> Result<(), herald::store::StoreError> {
+        self.0.lock().unwrap().append(batch, mids)
+    }
+    fn forget_mids(
+        &mut self,
+        cutoffs: &[(ClientId, Seq)],
+    ) -> Result<(), herald::store::StoreError> {
+        self.0.lock().unwrap().forget_mids(cutoffs)
+    }
+    fn read_after(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<herald::Message>, herald::store::StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .read_after(after, upto, max, max_bytes)
+    }
+    fn first_not_from(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        sender: &ClientId,
+    ) -> Result<Option<Seq>, herald::store::StoreError> {
+        self.0.lock().unwrap().first_not_from(after, upto, sender)
+    }
+    fn count_from_others(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        reader: &ClientId,
+    ) -> Result<u64, herald::store::StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .count_from_others(after, upto, reader)
+    }
+    fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), herald::store::StoreError> {
+        self.0.lock().unwrap().save_acks(acks)
+    }
+    fn prune(&mut self, upto: Seq) -> Result<u64, herald::store::StoreError> {
+        self.0.lock().unwrap().prune(upto)
+    }
+    fn flush(&mut self) -> Result<(), herald::store::StoreError> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
+fn start_shared(ids: &[&str], config: RegistryConfig) -> (Addr<Registry>, Shared) {
+    let shared = Shared::default();
+    let slot = Mutex::new(Some(
+        Box::new(shared.clone()) as Box<dyn herald::store::Store>
+    ));
+    let store = SyncArbiter::start(1, move || StoreActor::new(slot.lock().unwrap().take()));
+    let ids: Vec<ClientId> = ids.iter().map(|s| id(s)).collect();
+    let r = Registry::new(config, ids, Recovered::default(), store).start();
+    (r, shared)
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn catch_up_reads_stop_at_the_credit_plus_one_window_in_bytes() {
+    const WINDOW: usize = 4096;
+    let config = RegistryConfig {
+        session_window_bytes: WINDOW,
+        tail_messages: 4,
+        read_chunk: 4096,
+        ..RegistryConfig::default()
+    };
+    let r = start(&["a", "slow"], config);
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    // Small messages (many fit one window) and big ones (each bigger than
+    // the window): the store holds all of them before the reader logs in.
+    let small = "s".repeat(300);
+    let big = "B".repeat(3 * WINDOW);
+    for i in 0..400 {
+        a.publish(if i % 50 == 49 { &big } else { &small });
+    }
+    a.sent_n(400).await;
+    let mut slow = Client::connect(&r, "slow", false).await;
+    assert_eq!(slow.welcome().await, 400);
+    let frame_max = 3 * WINDOW + 100;
+    let mut all = Vec::new();
+    // Pushed and not yet handed back as credit.
+    let mut outstanding = 0usize;
+    while all.len() < 400 {
+        let ms = match slow.next().await {
+            ToSession::Deliver(ms) => ms,
+            other => panic!("unexpected {other:?}"),
+        };
+        outstanding += ms.iter().map(|m| m.frame().len()).sum::<usize>();
+        assert!(
+            outstanding <= 2 * WINDOW + frame_max,
+            "{outstanding} bytes pushed past the credit"
+        );
+        all.extend(ms.iter().map(|m| m.seq().0));
+        // Hand credit back only once nothing more comes: the registry
+        // must stop by itself.
+        if slow.rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        if slow.rx.is_empty() {
+            r.do_send(Credit {
+                session: slow.session,
+                bytes: outstanding,
+            });
+            outstanding = 0;
+        }
+    }
+    assert_eq!(all, (1..=400).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn a_stalled_reader_is_pushed_no_more_than_its_credit_and_one_window() {
+    const WINDOW: usize = 8192;
+    let config = RegistryConfig {
+        session_window_bytes: WINDOW,
+        tail_messages: 1,
+        ..RegistryConfig::default()
+    };
+    let r = start(&["a", "slow"], config);
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    let text = "x".repeat(1000);
+    for _ in 0..2000 {
+        a.publish(&text);
+    }
+    a.sent_n(2000).await;
+    let mut slow = Client::connect(&r, "slow", false).await;
+    assert_eq!(slow.welcome().await, 2000);
+    // It never returns credit: what it gets is bounded in bytes, not by a
+    // count of messages. Everything the registry will push comes before
+    // the registry answers this ping-pong through the store.
+    a.publish("marker");
+    a.sent().await;
+    let mut bytes = 0;
+    while let Ok(msg) = slow.rx.try_recv() {
+        match msg {
+            ToSession::Deliver(ms) => bytes += ms.iter().map(|m| m.frame().len()).sum::<usize>(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(bytes > 0, "nothing pushed");
+    assert!(
+        bytes <= 2 * WINDOW + 1100,
+        "pushed {bytes} bytes to a reader that returned no credit"
+    );
+}
+
+#[actix_rt::test]
+async fn retention_counts_a_senders_own_messages_as_handled() {
+    let config = RegistryConfig {
+        retain: herald::actors::Retain::Newest(0),
+        ack_flush_interval: Duration::from_millis(10),
+        tail_messages: 1,
+        ..RegistryConfig::default()
+    };
+    let (r, store) = start_shared(&["talker", "b", "c"], config);
+    // `talker` only sends: it is never sent its own messages, so it never
+    // acknowledges them.
+    let mut talker = Client::connect(&r, "talker", true).await;
+    let mut b = Client::connect(&r, "b", true).await;
+    let mut c = Client::connect(&r, "c", true).await;
+    for cl in [&mut talker, &mut b, &mut c] {
+        cl.welcome().await;
+    }
+    for i in 1..=5 {
+        talker.publish(&format!("t{i}"));
+    }
+    talker.sent_n(5).await;
+    b.delivered(5).await;
+    c.delivered(5).await;
+    b.ack(5);
+    c.ack(3);
+    // c holds pruning back at 3; talker holds nothing back.
+    eventually("messages 1..3 pruned", || store.seqs() == [4, 5]).await;
+    c.ack(5);
+    eventually("everything pruned", || store.seqs().is_empty()).await;
+    // A message from b must still be acknowledged by talker (and c).
+    b.publish("from b");
+    assert_eq!(b.sent().await, vec![Seq(6)]);
+    c.delivered(1).await;
+    c.ack(6);
+    talker.delivered(1).await;
+    talker.publish("t7");
+    talker.sent().await;
+    b.ack(7);
+    c.ack(7);
+    eventually("7 is stored", || store.seqs() == [6, 7]).await;
+    talker.ack(6);
+    eventually("6 and 7 pruned", || store.seqs().is_empty()).await;
+}
+
+#[actix_rt::test]
+async fn the_mid_window_is_capped_per_client_id_and_evicts_the_oldest() {
+    use herald::actors::dedupe::MAX_MIDS_PER_ID;
+    let r = start(&["a"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    let send = |c: &Client, mid: String| {
+        c.registry.do_send(Publish {
+            session: c.session,
+            text: Bytes::from_static(b"t"),
+            tags: Tags { mid: Some(mid) },
+        })
+    };
+    // All within the 24 h window: only the cap forgets.
+    let n = MAX_MIDS_PER_ID + 5;
+    for i in 0..n {
+        send(&a, format!("m{i}"));
+    }
+    a.sent_n(n).await;
+    // The oldest five are forgotten (stored again), the sixth is remembered.
+    send(&a, "m0".into());
+    send(&a, "m5".into());
+    send(&a, format!("m{}", n - 1));
+    assert_eq!(
+        a.sent_n(3).await,
+        vec![Seq(n as u64 + 1), Seq(6), Seq(n as u64)]
+    );
+}
+
+#[test]
+fn the_mid_window_drops_a_stale_copy_without_forgetting_the_newer_one() {
+    use herald::actors::dedupe::{MidWindow, MAX_MIDS_PER_ID};
+    let mut w = MidWindow::default();
+    let (keep, age, now) = (2, 1_000, 10_000);
+    w.insert("x".into(), Seq(1), 1_000, keep, age, now);
+    assert_eq!(w.cutoff_changed(), Some(Seq(1)));
+    w.insert("x".into(), Seq(2), now, keep, age, now);
+    w.insert("y".into(), Seq(3), now, keep, age, now);
+    w.insert("z".into(), Seq(4), 2_000, keep, age, now);
+    // The old copy of x went, its newer copy stays.
+    assert_eq!(w.get("x"), Some(Seq(2)));
+    assert_eq!(w.cutoff_changed(), Some(Seq(2)));
+    assert_eq!(w.cutoff_changed(), None);
+    // The hard cap holds even for recent mids.
+    let mut w = MidWindow::default();
+    for i in 0..MAX_MIDS_PER_ID as u64 + 3 {
+        w.insert(format!("m{i}"), Seq(i + 1), now, 10, age, now);
+    }
+    assert_eq!(w.len(), MAX_MIDS_PER_ID);
+    assert_eq!(w.get("m2"), None);
+    assert_eq!(w.get("m3"), Some(Seq(4)));
+}

@@ -1,9 +1,11 @@
 //! Who gets what: the [`Registry`] (allow-list, cursors, who is online, the
 //! log) and one [`Session`] per connection.
 
+mod answers;
 pub mod dedupe;
 pub mod messages;
 pub mod registry;
+mod retention;
 pub mod session;
 mod tail;
 pub mod throttle;

@@ -24,51 +24,35 @@ use tokio::sync::oneshot;
 
 use super::dedupe::MidWindow;
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown, ToSession};
+pub use super::retention::Retain;
+use super::retention::{PruneBounds, Pruning};
 use super::tail::Tail;
 use super::throttle::{Origin, Ready, Throttle, MAX_IN_PROGRESS_PER_ORIGIN};
 use crate::auth::{Secrets, Verifier, Verify, VERIFIER_THREADS};
 use crate::net::{ByeReason, ErrorCode, FrameError};
 use crate::store::{
-    Append, CountFromOthers, ForgetMids, MidRecord, Prune, ReadAfter, Recovered, SaveAcks,
-    StoreActor, StoreError,
+    Append, CountFromOthers, ForgetMids, MidRecord, ReadAfter, Recovered, SaveAcks, StoreActor,
+    StoreError,
 };
 use crate::types::{unix_ms_now, ClientId, Message, Seq};
-
-/// How long messages are kept once every allowed id has acknowledged them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Retain {
-    /// Keep every message forever.
-    #[default]
-    All,
-    /// Delete fully acknowledged messages, but always keep the newest N.
-    Newest(u64),
-}
-
-impl std::str::FromStr for Retain {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "all" => Ok(Retain::All),
-            n => n
-                .parse()
-                .map(Retain::Newest)
-                .map_err(|_| format!("'{s}' is neither 'all' nor a number of messages")),
-        }
-    }
-}
 
 /// Tunables of the registry; the defaults suit a small machine.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// Frame bytes a session may have pushed but not yet written.
+    /// A session's delivery credit: frame bytes it may be pushed beyond
+    /// what it has handed back as written. A store read may run one more
+    /// window ahead, so at most twice this plus one frame is unwritten.
     pub session_window_bytes: usize,
     /// Most messages kept in the in-memory tail.
     pub tail_messages: usize,
     /// Most frame bytes kept in the in-memory tail.
     pub tail_bytes: usize,
-    /// Most messages in one store append.
+    /// Most messages in one store append…
     pub max_batch: usize,
-    /// Most messages read from the store at a time for one session.
+    /// …and most text bytes (but at least one message).
+    pub max_batch_bytes: usize,
+    /// Most messages read from the store at a time for one session (the
+    /// bytes read are bounded by the session's credit plus one window).
     pub read_chunk: usize,
     /// Most messages in one push to a session.
     pub max_deliver: usize,
@@ -91,6 +75,7 @@ impl Default for RegistryConfig {
             tail_messages: 100_000,
             tail_bytes: 16 * 1024 * 1024,
             max_batch: 4096,
+            max_batch_bytes: 8 * 1024 * 1024,
             read_chunk: 4096,
             max_deliver: 1024,
             ack_flush_interval: Duration::from_millis(200),
@@ -134,6 +119,9 @@ struct PendingSend {
     /// A resend of a mid stored (or being stored) already: answered with
     /// the first copy's seq, not stored again.
     dup: bool,
+    /// For a resend of a remembered mid: its first copy's seq, taken when
+    /// it was queued (newer mids may push it out of the window meanwhile).
+    first: Option<Seq>,
 }
 
 /// Pushes `s` the messages after its cursor that the tail holds, while it
@@ -223,8 +211,8 @@ pub struct Registry {
     /// Sessions whose secret is being checked, with the `SEND`s they
     /// pipelined behind their `LOGIN` (handled once they are admitted).
     authenticating: HashMap<SessionId, Vec<Publish>>,
-    /// Everything up to here is (being) pruned from the store.
-    pruned: Seq,
+    /// How far the store is pruned.
+    pruning: Pruning,
     /// Woken when no append is in flight and nothing is pending.
     idle_waiters: Vec<oneshot::Sender<()>>,
     /// Woken when the last session is gone.
@@ -279,7 +267,7 @@ impl Registry {
             shutting_down: false,
             auth: None,
             authenticating: HashMap::new(),
-            pruned: Seq::ZERO,
+            pruning: Pruning::default(),
             idle_waiters: Vec::new(),
             empty_waiters: Vec::new(),
         }
@@ -309,7 +297,15 @@ impl Registry {
             }
             return;
         }
-        let take = self.pending.len().min(self.config.max_batch);
+        let mut take = 0;
+        let mut bytes = 0;
+        for p in self.pending.iter().take(self.config.max_batch) {
+            bytes += p.text.len();
+            if take > 0 && bytes > self.config.max_batch_bytes {
+                break;
+            }
+            take += 1;
+        }
         let batch: Vec<PendingSend> = self.pending.drain(..take).collect();
         let mut seq = self.head;
         let mut mids = Vec::new();
@@ -368,10 +364,11 @@ impl Registry {
             Vec::with_capacity(batch.len());
         for p in batch {
             let answer = if p.dup {
-                let first = p
-                    .mid
-                    .as_deref()
-                    .and_then(|mid| self.mids.get(&p.from)?.get(mid));
+                let first = p.first.or_else(|| {
+                    p.mid
+                        .as_deref()
+                        .and_then(|mid| self.mids.get(&p.from)?.get(mid))
+                });
                 first.ok_or_else(|| {
                     FrameError::new(
                         ErrorCode::Limit,
@@ -486,11 +483,13 @@ impl Registry {
         if !push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
             return;
         }
-        // Behind the tail: read the next chunk from the store. Reads run
-        // ahead of the socket by up to one window, so the disk and the socket
-        // work at the same time while a reader catches up (at most a window
-        // and two chunks queued).
-        if s.credit <= -(self.config.session_window_bytes as i64) {
+        // Behind the tail: read the next chunk from the store, while the
+        // session has credit left. A read asks for the credit plus one window
+        // of frame bytes, so it runs up to a window ahead of the socket (the
+        // disk and the socket work at the same time while a reader catches
+        // up), and a session never has more than two windows plus one frame
+        // pushed and not yet written.
+        if s.credit <= 0 {
             return;
         }
         s.reading = true;
@@ -499,6 +498,7 @@ impl Registry {
             after: s.cursor,
             upto,
             max: self.config.read_chunk,
+            max_bytes: s.credit as usize + self.config.session_window_bytes,
         };
         self.store
             .send(read)
@@ -581,32 +581,57 @@ impl Registry {
             .spawn(ctx);
     }
 
-    /// Deletes messages every allowed id has acknowledged, keeping the
-    /// newest `Retain::Newest(n)`.
+    /// Deletes messages every allowed id has handled (acknowledged, or sent
+    /// itself), keeping the newest `Retain::Newest(n)`; see
+    /// [`super::retention`].
     fn prune(&mut self, ctx: &mut Context<Self>) {
         let Retain::Newest(keep) = self.config.retain else {
             return;
         };
-        let all_acked = self
-            .users
-            .values()
-            .map(|u| u.last_ack)
-            .min()
-            .unwrap_or(Seq::ZERO);
-        let upto = all_acked.min(Seq(self.head.0.saturating_sub(keep)));
-        if upto <= self.pruned {
+        if self.pruning.busy {
             return;
         }
-        self.pruned = upto;
+        let limit = Seq(self.head.0.saturating_sub(keep));
+        let acks = self.users.iter().map(|(id, u)| (id, u.last_ack));
+        let Some(b) = PruneBounds::of(acks, limit) else {
+            return;
+        };
+        let Some(prune) = self.pruning.next(&b, limit) else {
+            return;
+        };
+        self.pruning.busy = true;
         self.store
-            .send(Prune(upto))
+            .send(prune)
             .into_actor(self)
-            .map(move |res, _, _| match res {
-                Ok(Ok(n)) => log::debug!("pruned {n} message(s) up to seq {upto}"),
-                Ok(Err(e)) => log::warn!("pruning up to seq {upto} failed: {e}"),
-                Err(e) => log::warn!("store unreachable while pruning: {e}"),
+            .map(move |res, act, _| {
+                act.pruning.busy = false;
+                match res {
+                    Ok(Ok(done)) => act.pruning.done(&b, limit, done),
+                    Ok(Err(e)) => log::warn!("pruning up to seq {} failed: {e}", b.upto),
+                    Err(e) => log::warn!("store unreachable while pruning: {e}"),
+                }
             })
             .spawn(ctx);
+    }
+
+    /// Lets mids older than the dedupe window go (beyond each id's newest
+    /// `dedupe_keep`) and tells the store, per client id whose oldest
+    /// remembered mid moved on, below which seq it may forget them.
+    fn forget_mids(&mut self) {
+        let keep = self.config.dedupe_keep;
+        let max_age = self.config.dedupe_window.as_millis() as u64;
+        let now = unix_ms_now();
+        let cutoffs: Vec<(ClientId, Seq)> = self
+            .mids
+            .iter_mut()
+            .filter_map(|(id, w)| {
+                w.expire(keep, max_age, now);
+                w.cutoff_changed().map(|seq| (id.clone(), seq))
+            })
+            .collect();
+        if !cutoffs.is_empty() {
+            self.store.do_send(ForgetMids(cutoffs));
+        }
     }
 
     fn remove_session(&mut self, sid: SessionId) {
@@ -631,13 +656,12 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.config.ack_flush_interval;
         ctx.run_interval(every, |act, ctx| act.save_acks(ctx));
-        // The store forgets message ids the registry no longer remembers.
-        ctx.run_interval(Duration::from_secs(60), |act, _| {
-            let window = act.config.dedupe_window.as_millis() as u64;
-            act.store.do_send(ForgetMids {
-                older_than_ms: unix_ms_now().saturating_sub(window),
-                keep: act.config.dedupe_keep,
-            });
+        // Every minute: mids age out, the store forgets those the registry
+        // no longer remembers, and pruning is retried (and what holds it
+        // back reported).
+        ctx.run_interval(Duration::from_secs(60), |act, ctx| {
+            act.forget_mids();
+            act.prune(ctx);
         });
         ctx.run_interval(FAILURE_SWEEP_INTERVAL, |act, _| {
             if let Some(auth) = act.auth.as_mut() {
@@ -820,10 +844,11 @@ impl Registry {
         }
         let from = s.id.clone();
         let mid = msg.tags.mid;
-        let dup = mid.as_ref().is_some_and(|m| {
-            self.mids.get(&from).is_some_and(|w| w.get(m).is_some())
-                || self.inflight_mids.contains(&(from.clone(), m.clone()))
-        });
+        let first = mid.as_deref().and_then(|m| self.mids.get(&from)?.get(m));
+        let dup = first.is_some()
+            || mid
+                .as_ref()
+                .is_some_and(|m| self.inflight_mids.contains(&(from.clone(), m.clone())));
         if let (false, Some(m)) = (dup, &mid) {
             self.inflight_mids.insert((from.clone(), m.clone()));
         }
@@ -834,6 +859,7 @@ impl Registry {
             unix_ms: unix_ms_now(),
             mid,
             dup,
+            first,
         });
         self.commit(ctx);
     }

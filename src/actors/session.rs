@@ -3,10 +3,12 @@
 //!
 //! Reading and writing are each one future at a time, spawned in the
 //! session's own context:
-//! - the reader reads what the socket has, decodes every complete frame and
-//!   handles it; it pauses while too many `SEND`s wait for an answer or too
-//!   many replies wait to be written, so a client cannot make the broker
-//!   buffer without bound;
+//! - the reader reads what the socket has, decodes the complete frames and
+//!   handles them; it pauses while too many `SEND`s (or `SEND` bytes) wait
+//!   for an answer or too many bytes of replies wait to be written, so a
+//!   client cannot make the broker buffer without bound. A pause takes
+//!   effect between two frames: the rest of the read waits in the read
+//!   buffer and is decoded before the socket is read again;
 //! - the writer takes everything queued so far and writes it in one go
 //!   (frames coalesce while a write is under way), then returns the
 //!   delivered bytes to the registry as credit.
@@ -14,7 +16,6 @@
 //! Answers to a client's frames (`SENT`, `PONG`, `ERR`, `BYE quit`) go out
 //! in the order of the frames they answer.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
+use super::answers::{Answers, Owed};
 use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, ToSession};
 use super::registry::Registry;
 use crate::net::transport::{Connection, Reader, Writer, SMALL_READ};
@@ -38,9 +40,12 @@ const MAX_READ: usize = 64 * 1024;
 pub struct SessionConfig {
     /// Longest accepted frame, terminator excluded.
     pub max_frame_bytes: usize,
-    /// `SEND`s that may wait for their `SENT` before reading pauses.
+    /// `SEND`s that may wait for their `SENT` before reading pauses…
     pub max_unanswered_sends: usize,
-    /// Bytes of replies that may wait to be written before reading pauses.
+    /// …and bytes of their text (one `SEND` is always let through).
+    pub max_unanswered_send_bytes: usize,
+    /// Bytes of replies that may wait to be written (or wait behind an
+    /// answer still owed) before reading pauses.
     pub max_queued_reply_bytes: usize,
     /// How long a closing session waits for its last bytes to be written.
     pub close_grace: Duration,
@@ -56,6 +61,7 @@ impl Default for SessionConfig {
         SessionConfig {
             max_frame_bytes: crate::net::DEFAULT_MAX_FRAME_BYTES,
             max_unanswered_sends: 1024,
+            max_unanswered_send_bytes: 1024 * 1024,
             max_queued_reply_bytes: 256 * 1024,
             close_grace: Duration::from_secs(5),
             login_timeout: Some(Duration::from_secs(10)),
@@ -108,23 +114,6 @@ impl LoginState {
     }
 }
 
-/// What kind of registry answer a frame is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owed {
-    /// `WELCOME` or a refusal, for `LOGIN`.
-    Login,
-    /// `SENT` or a refusal, for `SEND`.
-    Send,
-}
-
-/// An answer owed to the client, in the order of its frames.
-enum Answer {
-    /// The registry has not answered yet.
-    Awaiting(Owed),
-    /// An answer ready to go once every earlier one has gone.
-    Ready(ServerFrame),
-}
-
 /// The actor behind one connection.
 pub struct Session {
     id: SessionId,
@@ -140,6 +129,14 @@ pub struct Session {
     read_size: usize,
     /// A read future is under way.
     reading: bool,
+    /// Decoding stopped at a pause: `read_buf` may hold complete frames,
+    /// decoded before the next read.
+    stalled: bool,
+    /// The peer ended its input; handled once what is left is decoded.
+    eof: bool,
+    /// `read_buf` grew past a read (a long frame): let its allocation go
+    /// once that frame is decoded.
+    read_buf_grown: bool,
 
     writer: Option<Writer>,
     /// Frames queued for the next write.
@@ -158,8 +155,7 @@ pub struct Session {
     /// The write half was shut down: nothing more goes out.
     write_closed: bool,
 
-    answers: VecDeque<Answer>,
-    unanswered_sends: usize,
+    answers: Answers,
     /// Highest seq written to this connection (acks above it are refused).
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
@@ -192,6 +188,9 @@ impl Session {
             read_buf: BytesMut::new(),
             read_size: MIN_READ,
             reading: false,
+            stalled: false,
+            eof: false,
+            read_buf_grown: false,
             writer: Some(writer),
             out: BytesMut::new(),
             out_msg_bytes: 0,
@@ -201,8 +200,7 @@ impl Session {
             spare: BytesMut::new(),
             writing: false,
             write_closed: false,
-            answers: VecDeque::new(),
-            unanswered_sends: 0,
+            answers: Answers::default(),
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
             closing: false,
@@ -262,13 +260,28 @@ impl Session {
 
     fn read_paused(&self) -> bool {
         !self.closing
-            && (self.unanswered_sends >= self.config.max_unanswered_sends
-                || self.out.len() - self.out_msg_bytes > self.config.max_queued_reply_bytes)
+            && (self.answers.unanswered_sends() >= self.config.max_unanswered_sends
+                || self.answers.unanswered_send_bytes() >= self.config.max_unanswered_send_bytes
+                || self.out.len() - self.out_msg_bytes + self.answers.ready_bytes()
+                    > self.config.max_queued_reply_bytes)
     }
 
+    /// Goes on reading: first the frames a pause left in `read_buf`, then
+    /// the end of input if it came, then the socket.
     fn start_read(&mut self, ctx: &mut Context<Self>) {
-        if self.reading || self.read_paused() {
+        // A stopping session reads no more (a read would keep it alive).
+        if self.reading || self.read_paused() || ctx.state().stopping() {
             return;
+        }
+        if self.stalled {
+            self.decode_frames(ctx);
+            if self.stalled {
+                return;
+            }
+        }
+        if self.eof {
+            self.eof = false;
+            return self.on_eof(ctx);
         }
         let Some(mut reader) = self.reader.take() else {
             return;
@@ -277,6 +290,11 @@ impl Session {
         let want = self.read_size;
         self.reading = true;
         async move {
+            // Let the event loop run first: a peer that always has input
+            // ready would otherwise keep this session's context polling
+            // forever, starving timers (the close grace) and the other
+            // sessions on this thread.
+            tokio::task::yield_now().await;
             let res = reader.read_some(&mut buf, want).await;
             (reader, buf, res)
         }
@@ -286,7 +304,10 @@ impl Session {
             act.reader = Some(reader);
             act.read_buf = buf;
             match res {
-                Ok(0) => act.on_eof(ctx),
+                Ok(0) => {
+                    act.eof = true;
+                    act.start_read(ctx);
+                }
                 Ok(n) => {
                     act.last_input = std::time::Instant::now();
                     // Grow the next read while reads fill the buffer; start
@@ -297,9 +318,6 @@ impl Session {
                         MIN_READ
                     };
                     act.decode_frames(ctx);
-                    if act.read_buf.is_empty() {
-                        act.read_buf = BytesMut::new();
-                    }
                     act.start_read(ctx);
                 }
                 Err(e) => {
@@ -311,12 +329,29 @@ impl Session {
         .spawn(ctx);
     }
 
+    /// Lets go of a read buffer that is empty, or that a long frame made
+    /// big and that now holds little.
+    fn shrink_read_buf(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+            self.read_buf_grown = false;
+        } else if self.read_buf.len() > 2 * MAX_READ {
+            self.read_buf_grown = true;
+        } else if self.read_buf_grown && self.read_buf.len() <= MAX_READ {
+            self.read_buf = BytesMut::from(&self.read_buf[..]);
+            self.read_buf_grown = false;
+        }
+    }
+
     fn on_eof(&mut self, ctx: &mut Context<Self>) {
         // A last frame without a newline still counts.
         while let Ok(Some(item)) = self.codec.decode_eof(&mut self.read_buf) {
             self.handle_item(item, ctx);
         }
+        self.read_buf = BytesMut::new();
         self.reader = None;
+        self.forward_ack();
+        self.flush(ctx);
         if self.write_closed {
             // We had finished already and the peer has now stopped too.
             ctx.stop();
@@ -326,8 +361,15 @@ impl Session {
         }
     }
 
+    /// Decodes and handles frames from `read_buf` until it holds no
+    /// complete one or reading is paused.
     fn decode_frames(&mut self, ctx: &mut Context<Self>) {
+        self.stalled = false;
         loop {
+            if self.read_paused() {
+                self.stalled = true;
+                break;
+            }
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Some(item)) => self.handle_item(item, ctx),
                 Ok(None) => break,
@@ -338,6 +380,7 @@ impl Session {
                 }
             }
         }
+        self.shrink_read_buf();
         self.forward_ack();
         self.flush(ctx);
     }
@@ -364,7 +407,7 @@ impl Session {
                     );
                 }
                 self.login = LoginState::Pending(id.clone());
-                self.answers.push_back(Answer::Awaiting(Owed::Login));
+                self.answers.owe_login();
                 self.registry.do_send(Login {
                     session: self.id,
                     id,
@@ -377,8 +420,7 @@ impl Session {
                 if self.login == LoginState::None {
                     return self.refuse(ErrorCode::NotLoggedIn, "log in first");
                 }
-                self.unanswered_sends += 1;
-                self.answers.push_back(Answer::Awaiting(Owed::Send));
+                self.answers.owe_send(text.len());
                 self.registry.do_send(Publish {
                     session: self.id,
                     text,
@@ -430,35 +472,14 @@ impl Session {
 
     /// Queues an answer behind every earlier one.
     fn answer(&mut self, frame: ServerFrame) {
-        if self.answers.is_empty() {
-            frame.encode(&mut self.out);
-        } else {
-            self.answers.push_back(Answer::Ready(frame));
-        }
+        self.answers.answer(frame, &mut self.out);
     }
 
-    /// The registry answered the oldest frame of kind `owed` still waiting
-    /// (the registry answers each kind in order); `extra` follows the answer.
+    /// The registry answered the oldest frame of kind `owed` still waiting;
+    /// `extra` follows the answer.
     fn fill(&mut self, owed: Owed, frame: ServerFrame, extra: Option<ServerFrame>) {
-        let Some(i) = self
-            .answers
-            .iter()
-            .position(|a| matches!(a, Answer::Awaiting(o) if *o == owed))
-        else {
+        if !self.answers.fill(owed, frame, extra, &mut self.out) {
             log::debug!("{}: an answer came for no {owed:?}", self.peer());
-            return;
-        };
-        if owed == Owed::Send {
-            self.unanswered_sends -= 1;
-        }
-        self.answers[i] = Answer::Ready(frame);
-        if let Some(extra) = extra {
-            self.answers.insert(i + 1, Answer::Ready(extra));
-        }
-        while let Some(Answer::Ready(_)) = self.answers.front() {
-            if let Some(Answer::Ready(f)) = self.answers.pop_front() {
-                f.encode(&mut self.out);
-            }
         }
     }
 
@@ -532,7 +553,8 @@ impl Session {
         .into_actor(self)
         .map(|writer, act, ctx| {
             act.writer = Some(writer);
-            if act.reader.is_none() {
+            // No reader and none reading: the peer's end of input was seen.
+            if act.reader.is_none() && !act.reading {
                 ctx.stop();
             } else {
                 act.start_read(ctx);
@@ -555,7 +577,6 @@ impl Session {
     /// The registry ends the connection: answers it still owed will not come.
     fn drop_owed_answers(&mut self) {
         self.answers.clear();
-        self.unanswered_sends = 0;
     }
 }
 
@@ -616,13 +637,7 @@ impl Handler<ToSession> for Session {
             ToSession::LoginRefused(e, reason) => {
                 log::info!("{}: login refused: {e}", self.peer());
                 // Nothing after the refused login will be answered.
-                if let Some(i) = self
-                    .answers
-                    .iter()
-                    .position(|a| matches!(a, Answer::Awaiting(Owed::Login)))
-                {
-                    self.answers.truncate(i + 1);
-                }
+                self.answers.drop_after_login();
                 self.fill(
                     Owed::Login,
                     ServerFrame::Err(e),
@@ -640,5 +655,7 @@ impl Handler<ToSession> for Session {
             }
         }
         self.flush(ctx);
+        // An answer may have ended a pause.
+        self.start_read(ctx);
     }
 }

@@ -47,15 +47,34 @@ impl Store for MemoryStore {
         after: Seq,
         upto: Seq,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        let start = self.index_after(after);
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for m in self.log.range(start..).take_while(|m| m.seq() <= upto) {
+            bytes += m.frame().len();
+            if out.len() >= max || (!out.is_empty() && bytes > max_bytes) {
+                break;
+            }
+            out.push(m.clone());
+        }
+        Ok(out)
+    }
+
+    fn first_not_from(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        sender: &ClientId,
+    ) -> Result<Option<Seq>, StoreError> {
         let start = self.index_after(after);
         Ok(self
             .log
             .range(start..)
             .take_while(|m| m.seq() <= upto)
-            .take(max)
-            .cloned()
-            .collect())
+            .find(|m| m.from() != sender)
+            .map(Message::seq))
     }
 
     fn count_from_others(
@@ -87,7 +106,7 @@ impl Store for MemoryStore {
         Ok(n as u64)
     }
 
-    fn forget_mids(&mut self, _older_than_ms: u64, _keep: usize) -> Result<(), StoreError> {
+    fn forget_mids(&mut self, _cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -110,13 +129,34 @@ mod tests {
         s.append(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")], &[])
             .unwrap();
         let got: Vec<u64> = s
-            .read_after(Seq(1), Seq(4), 2)
+            .read_after(Seq(1), Seq(4), 2, usize::MAX)
             .unwrap()
             .iter()
             .map(|m| m.seq().0)
             .collect();
         assert_eq!(got, vec![2, 3]);
-        assert_eq!(s.read_after(Seq(3), Seq(3), 10).unwrap(), vec![]);
+        assert_eq!(
+            s.read_after(Seq(3), Seq(3), 10, usize::MAX).unwrap(),
+            vec![]
+        );
+        // A byte bound stops the read, but never before the first message.
+        let frame = msg(1, "a").frame().len();
+        let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq().0).collect::<Vec<_>>();
+        assert_eq!(seqs(s.read_after(Seq(0), Seq(4), 10, 1).unwrap()), [1]);
+        assert_eq!(
+            seqs(s.read_after(Seq(0), Seq(4), 10, 2 * frame).unwrap()),
+            [1, 2]
+        );
+        assert_eq!(
+            s.first_not_from(Seq(0), Seq(4), &ClientId::new("a").unwrap())
+                .unwrap(),
+            Some(Seq(2))
+        );
+        assert_eq!(
+            s.first_not_from(Seq(2), Seq(3), &ClientId::new("a").unwrap())
+                .unwrap(),
+            None
+        );
         let a = ClientId::new("a").unwrap();
         assert_eq!(s.count_from_others(Seq(0), Seq(4), &a).unwrap(), 2);
         assert_eq!(s.count_from_others(Seq(2), Seq(3), &a).unwrap(), 0);

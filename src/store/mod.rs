@@ -77,13 +77,30 @@ pub trait Store: Send + 'static {
     /// is stored.
     fn append(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError>;
 
-    /// Forgets message ids from before `older_than_ms`, except each client's
-    /// newest `keep`.
-    fn forget_mids(&mut self, older_than_ms: u64, keep: usize) -> Result<(), StoreError>;
+    /// Forgets, for each `(client, cutoff)`, the message ids that client
+    /// stored under a seq below `cutoff` (the registry no longer remembers
+    /// them).
+    fn forget_mids(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError>;
 
-    /// Up to `max` stored messages with `after < seq <= upto`, in seq order.
-    fn read_after(&mut self, after: Seq, upto: Seq, max: usize)
-        -> Result<Vec<Message>, StoreError>;
+    /// Stored messages with `after < seq <= upto`, in seq order: at most
+    /// `max` of them and at most `max_bytes` of frames, but always at least
+    /// one (if there is one), however big.
+    fn read_after(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// The seq of the first stored message with `after < seq <= upto` that
+    /// `sender` did not send, if any.
+    fn first_not_from(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        sender: &ClientId,
+    ) -> Result<Option<Seq>, StoreError>;
 
     /// How many stored messages with `after < seq <= upto` were sent by
     /// someone other than `reader`: the backlog announced in `WELCOME`.
@@ -97,8 +114,8 @@ pub trait Store: Send + 'static {
     /// Records each client id's new `last_ack`.
     fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError>;
 
-    /// Deletes every message with seq <= `upto` (all acknowledged by every
-    /// allowed id); the numbering goes on after the head regardless.
+    /// Deletes every message with seq <= `upto` (all handled by every
+    /// allowed id: acknowledged, or sent by it); the numbering goes on after the head regardless.
     /// Returns how many were deleted.
     fn prune(&mut self, upto: Seq) -> Result<u64, StoreError>;
 
@@ -145,20 +162,16 @@ pub struct Append {
     pub mids: Vec<MidRecord>,
 }
 
-/// Forget old message ids; see [`Store::forget_mids`].
+/// Forget old message ids: per client id, those stored under a seq below
+/// its cutoff; see [`Store::forget_mids`].
 #[derive(ActixMessage)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct ForgetMids {
-    /// Older than this (ms since the epoch)…
-    pub older_than_ms: u64,
-    /// …except each client's newest this many.
-    pub keep: usize,
-}
+pub struct ForgetMids(pub Vec<(ClientId, Seq)>);
 
 impl Handler<ForgetMids> for StoreActor {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: ForgetMids, _: &mut Self::Context) -> Self::Result {
-        self.store()?.forget_mids(msg.older_than_ms, msg.keep)
+        self.store()?.forget_mids(&msg.0)
     }
 }
 
@@ -170,8 +183,10 @@ pub struct ReadAfter {
     pub after: Seq,
     /// Inclusive upper bound.
     pub upto: Seq,
-    /// At most this many messages.
+    /// At most this many messages…
     pub max: usize,
+    /// …and this many frame bytes (but at least one message).
+    pub max_bytes: usize,
 }
 
 /// Count a backlog; see [`Store::count_from_others`].
@@ -191,15 +206,62 @@ pub struct CountFromOthers {
 #[rtype(result = "Result<(), StoreError>")]
 pub struct SaveAcks(pub Vec<(ClientId, Seq)>);
 
-/// Drop fully acknowledged messages; see [`Store::prune`].
+/// Drop handled messages: every one with seq <= `upto`, except that when
+/// `owner` is given, pruning stops before the first message after `after`
+/// that `owner` did not send (one it has not acknowledged yet).
 #[derive(ActixMessage)]
-#[rtype(result = "Result<u64, StoreError>")]
-pub struct Prune(pub Seq);
+#[rtype(result = "Result<Pruned, StoreError>")]
+pub struct Prune {
+    /// Everything up to here is handled by every id but `owner`.
+    pub upto: Seq,
+    /// `owner`'s last ack (or what is pruned already, if higher).
+    pub after: Seq,
+    /// The one id that has not acknowledged everything up to `upto`.
+    pub owner: Option<ClientId>,
+    /// Pruned already up to here: nothing to delete at or below it.
+    pub pruned: Seq,
+    /// Report who sent the first message kept.
+    pub want_next_sender: bool,
+}
+
+/// What a [`Prune`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// Every message up to here is gone.
+    pub upto: Seq,
+    /// How many were deleted.
+    pub deleted: u64,
+    /// Who sent the first message kept, when asked and there is one.
+    pub next_sender: Option<ClientId>,
+}
 
 impl Handler<Prune> for StoreActor {
-    type Result = Result<u64, StoreError>;
+    type Result = Result<Pruned, StoreError>;
     fn handle(&mut self, msg: Prune, _: &mut Self::Context) -> Self::Result {
-        self.store()?.prune(msg.0)
+        let store = self.store()?;
+        let mut upto = msg.upto;
+        if let Some(owner) = &msg.owner {
+            if let Some(first) = store.first_not_from(msg.after, msg.upto, owner)? {
+                upto = Seq(first.0 - 1);
+            }
+        }
+        let deleted = if upto > msg.pruned {
+            store.prune(upto)?
+        } else {
+            0
+        };
+        let upto = upto.max(msg.pruned);
+        let next_sender = if msg.want_next_sender {
+            let next = store.read_after(upto, upto.next(), 1, 1)?;
+            next.first().map(|m| m.from().clone())
+        } else {
+            None
+        };
+        Ok(Pruned {
+            upto,
+            deleted,
+            next_sender,
+        })
     }
 }
 
@@ -219,7 +281,8 @@ impl Handler<Append> for StoreActor {
 impl Handler<ReadAfter> for StoreActor {
     type Result = Result<Vec<Message>, StoreError>;
     fn handle(&mut self, msg: ReadAfter, _: &mut Self::Context) -> Self::Result {
-        self.store()?.read_after(msg.after, msg.upto, msg.max)
+        self.store()?
+            .read_after(msg.after, msg.upto, msg.max, msg.max_bytes)
     }
 }
 

@@ -327,6 +327,7 @@ impl Store for SqliteStore {
         after: Seq,
         upto: Seq,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, unix_ms, sender, text FROM messages WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
@@ -334,7 +335,8 @@ impl Store for SqliteStore {
         let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
         let mut out = Vec::with_capacity(max.min(4096));
         // All frames of the chunk in as few allocations as possible.
-        let mut frames = bytes::BytesMut::with_capacity(256 * 1024);
+        let mut frames = bytes::BytesMut::with_capacity(max_bytes.min(256 * 1024));
+        let mut bytes = 0;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
             let unix_ms: i64 = row.get(1)?;
@@ -348,15 +350,41 @@ impl Store for SqliteStore {
                 }
             };
             let text = row.get_ref(3)?.as_str().map_err(|_| corrupt("text"))?;
-            out.push(Message::new_in(
+            let m = Message::new_in(
                 &mut frames,
                 Seq(seq as u64),
                 unix_ms as u64,
                 from,
                 text.as_bytes(),
-            ));
+            );
+            bytes += m.frame().len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(m);
         }
         Ok(out)
+    }
+
+    fn first_not_from(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        sender: &ClientId,
+    ) -> Result<Option<Seq>, StoreError> {
+        // A range scan of the primary key that stops at the first hit; it
+        // reads only the rows of `sender` in between.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq FROM messages WHERE seq > ?1 AND seq <= ?2 AND sender != ?3
+             ORDER BY seq LIMIT 1",
+        )?;
+        let first: Option<i64> = stmt
+            .query_row(
+                params![after.0 as i64, upto.0 as i64, sender.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(first.map(|s| Seq(s.max(0) as u64)))
     }
 
     fn count_from_others(
@@ -404,13 +432,17 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
-    fn forget_mids(&mut self, older_than_ms: u64, keep: usize) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM mids WHERE unix_ms < ?1 AND seq <= (
-                 SELECT m.seq FROM mids m WHERE m.client_id = mids.client_id
-                 ORDER BY m.seq DESC LIMIT 1 OFFSET ?2)",
-            params![older_than_ms as i64, keep as i64],
-        )?;
+    fn forget_mids(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+        // One range delete per client id on the index (client_id, seq).
+        let tx = self.conn.transaction()?;
+        {
+            let mut forget =
+                tx.prepare_cached("DELETE FROM mids WHERE client_id = ?1 AND seq < ?2")?;
+            for (client, cutoff) in cutoffs {
+                forget.execute(params![client.as_str(), cutoff.0 as i64])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -453,7 +485,7 @@ mod tests {
         assert_eq!(r.head, Seq(3));
         assert_eq!(r.acks.get(&ClientId::new("b").unwrap()), Some(&Seq(1)));
         assert_eq!(
-            s.read_after(Seq(1), Seq(3), 10).unwrap(),
+            s.read_after(Seq(1), Seq(3), 10, usize::MAX).unwrap(),
             vec![msg(2, "b", "two"), msg(3, "a", "three")]
         );
         assert_eq!(
@@ -544,22 +576,23 @@ mod tests {
     }
 
     #[test]
-    fn old_mids_are_forgotten_except_the_newest() {
+    fn mids_below_each_cutoff_are_forgotten_with_a_range_delete_on_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
-        let a = ClientId::new("a").unwrap();
-        let recs: Vec<MidRecord> = (1..=5)
+        let (a, b) = (ClientId::new("a").unwrap(), ClientId::new("b").unwrap());
+        let recs: Vec<MidRecord> = (1..=10)
             .map(|i| MidRecord {
-                client: a.clone(),
+                client: if i % 2 == 0 { a.clone() } else { b.clone() },
                 mid: format!("m{i}"),
                 seq: Seq(i),
                 unix_ms: i * 10,
             })
             .collect();
-        let msgs: Vec<Message> = (1..=5).map(|i| msg(i, "a", "t")).collect();
+        let msgs: Vec<Message> = (1..=10).map(|i| msg(i, "a", "t")).collect();
         s.append(&msgs, &recs).unwrap();
-        // Older than 35 ms: m1..m3; but the newest 3 (m3..m5) are kept.
-        s.forget_mids(35, 3).unwrap();
+        // a keeps seq >= 6 (m6, m8, m10); b keeps seq >= 3 (m3, m5, m7, m9).
+        s.forget_mids(&[(a.clone(), Seq(6)), (b.clone(), Seq(3))])
+            .unwrap();
         let left: Vec<String> = s
             .recover()
             .unwrap()
@@ -567,7 +600,45 @@ mod tests {
             .into_iter()
             .map(|r| r.mid)
             .collect();
-        assert_eq!(left, ["m3", "m4", "m5"]);
+        assert_eq!(left, ["m3", "m5", "m6", "m7", "m8", "m9", "m10"]);
+        // The delete is a search of the (client_id, seq) index, not a scan.
+        let plan: Vec<String> = s
+            .conn
+            .prepare("EXPLAIN QUERY PLAN DELETE FROM mids WHERE client_id = ?1 AND seq < ?2")
+            .unwrap()
+            .query_map(params!["a", 6], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("SEARCH") && p.contains("mids_by_age")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn reads_stop_at_a_byte_bound_but_never_before_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        let big = "x".repeat(10_000);
+        let msgs: Vec<Message> = (1..=5).map(|i| msg(i, "a", &big)).collect();
+        s.append(&msgs, &[]).unwrap();
+        let frame = msgs[0].frame().len();
+        let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq().0).collect::<Vec<_>>();
+        assert_eq!(seqs(s.read_after(Seq(0), Seq(5), 100, 1).unwrap()), [1]);
+        assert_eq!(
+            seqs(s.read_after(Seq(1), Seq(5), 100, 2 * frame + 1).unwrap()),
+            [2, 3]
+        );
+        assert_eq!(
+            seqs(s.read_after(Seq(0), Seq(5), 100, usize::MAX).unwrap()),
+            [1, 2, 3, 4, 5]
+        );
+        s.append(&[msg(6, "b", "other")], &[]).unwrap();
+        let a = ClientId::new("a").unwrap();
+        assert_eq!(s.first_not_from(Seq(0), Seq(6), &a).unwrap(), Some(Seq(6)));
+        assert_eq!(s.first_not_from(Seq(0), Seq(5), &a).unwrap(), None);
     }
 
     #[test]
