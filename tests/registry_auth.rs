@@ -1,7 +1,7 @@
 //! The registry's secret checks with mock sessions and real verifier
 //! threads: checks wait out their penalty, a check whose session left while
 //! it waited never runs, and `SEND`s pipelined behind a `LOGIN` follow its
-//! fate.
+//! fate; a stop tells the logins still waiting.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -179,4 +179,29 @@ async fn a_right_secret_waits_its_turn_and_sends_behind_it_follow_the_login() {
         "{:?}",
         t.elapsed()
     );
+}
+
+#[actix_rt::test]
+async fn logins_waiting_for_their_check_hear_bye_shutdown_when_the_server_stops() {
+    let r = start();
+    for _ in 0..4 {
+        let t = Instant::now();
+        let mut wrong = Client::login(&r, A, "1", "wrong");
+        wrong.refused(ErrorCode::AuthFailed, t).await;
+    }
+    // Address A has failures, so its checks run one at a time: `waiting`
+    // queues behind `wrong`, whose failure then holds it back 1.6 s.
+    let t = Instant::now();
+    let _wrong = Client::login(&r, A, "1", "wrong");
+    let mut waiting = Client::login(&r, A, "1", "one");
+    let stop = r.send(herald::actors::messages::Shutdown);
+    match waiting.next().await {
+        ToSession::LoginRefused(e, ByeReason::Shutdown) => assert_eq!(e.code, ErrorCode::Limit),
+        other => panic!("expected a refusal with BYE shutdown, got {other:?}"),
+    }
+    // Told by the stop itself, not by a check that ran once the wait was
+    // over.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    waiting.disconnect();
+    stop.await.unwrap();
 }

@@ -1003,6 +1003,14 @@ impl Handler<Shutdown> for Registry {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
+        // Logins still waiting for their secret check are told now; those
+        // being checked are refused by `admit` when the check ends.
+        if let Some(auth) = self.auth.as_mut() {
+            for (sid, attempt) in auth.throttle.drain_waiting() {
+                self.authenticating.remove(&sid);
+                refuse_during_shutdown(&attempt.to);
+            }
+        }
         let (idle_tx, idle_rx) = oneshot::channel();
         self.idle_waiters.push(idle_tx);
         self.commit(ctx);

@@ -200,6 +200,19 @@ impl<T> Throttle<T> {
         true
     }
 
+    /// Takes every waiting check out (the server is stopping); running
+    /// ones still end in `finished`.
+    pub fn drain_waiting(&mut self) -> Vec<(SessionId, T)> {
+        let waiting: Vec<Waiting<T>> = self.waiting.drain(..).collect();
+        waiting
+            .into_iter()
+            .map(|w| {
+                self.release(w.origin);
+                (w.session, w.item)
+            })
+            .collect()
+    }
+
     /// The oldest waiting check that may start at `now`, if a worker is free;
     /// it counts as running from here.
     pub fn next(&mut self, now: Instant) -> Option<Ready<T>> {
