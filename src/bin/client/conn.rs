@@ -17,6 +17,7 @@ use tokio_util::codec::Decoder;
 use herald::net::{ClientCodec, ClientFrame};
 
 use crate::machine::{Action, Machine, Outcome, StdinEvent, MAX_UNCONFIRMED_BYTES};
+use crate::servers::{Node, Rotation};
 use crate::stdin::LineReader;
 
 /// Bytes of acks and pings the write buffer may hold on top of one full
@@ -31,10 +32,9 @@ const READ_CHUNK: usize = 64 << 10;
 /// Where and how to connect.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// Server host name or address.
-    pub server: String,
-    /// Server port.
-    pub port: u16,
+    /// The servers, and which one is tried next: the shell moves on to the
+    /// next one each time the machine asks to reconnect.
+    pub servers: Rotation,
     /// Speak TLS with these settings.
     pub tls: Option<ClientTls>,
     /// Longest frame accepted from the server, and longest stdin line.
@@ -46,8 +46,20 @@ pub struct Target {
 pub struct ClientTls {
     /// Trusted CAs and the rest.
     pub config: Arc<tokio_rustls::rustls::ClientConfig>,
-    /// The name the server's certificate must carry.
-    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// The name every server's certificate must carry (`--tls-server-name`);
+    /// without it, each server's own host.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+}
+
+impl ClientTls {
+    /// The name `node`'s certificate must carry.
+    pub fn name_for(&self, node: &Node) -> Result<rustls_pki_types::ServerName<'static>, String> {
+        match &self.server_name {
+            Some(name) => Ok(name.clone()),
+            None => rustls_pki_types::ServerName::try_from(node.host.clone())
+                .map_err(|e| format!("'{}' is not a valid server name: {e}", node.host)),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -62,19 +74,21 @@ impl std::fmt::Debug for ClientTls {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Connects to the server, with TLS when configured; the error text
-/// carries a hint when TLS is probably on one side only.
+/// Connects to the current server, with TLS when configured; the error
+/// text carries a hint when TLS is probably on one side only.
 async fn connect(target: &Target) -> Result<Box<dyn Io>, String> {
-    let where_ = format!("{}:{}", target.server, target.port);
-    let tcp = TcpStream::connect((target.server.as_str(), target.port))
+    let node = target.servers.current();
+    let where_ = node.to_string();
+    let tcp = TcpStream::connect((node.host.as_str(), node.port))
         .await
         .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &target.tls else {
         return Ok(Box::new(tcp));
     };
+    let name = tls.name_for(node)?;
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    match connector.connect(tls.server_name.clone(), tcp).await {
+    match connector.connect(name, tcp).await {
         Ok(stream) => Ok(Box::new(stream)),
         Err(e) => {
             let hint = if is_not_tls(&e) {
@@ -215,6 +229,7 @@ impl Shell {
                         conn.close().await;
                     }
                     self.reconnect_at = Some(now() + jitter(wait));
+                    self.next_server();
                 }
                 Action::Exit(outcome) => {
                     self.flush()?;
@@ -227,6 +242,15 @@ impl Shell {
         }
         self.flush()?;
         Ok(None)
+    }
+
+    /// Moves on to the next server (the same one when there is one).
+    fn next_server(&mut self) {
+        let servers = &mut self.target.servers;
+        if servers.len() > 1 {
+            servers.advance();
+            eprintln!("next server: {}", servers.current());
+        }
     }
 
     fn send(&mut self, frame: &ClientFrame) {

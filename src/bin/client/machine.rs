@@ -29,7 +29,8 @@ pub const LOGIN_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for `BYE` after `QUIT`.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 /// Connections tried before the first login gives up: with the backoff
-/// below, about 1.5 to 3 s, long enough for a server to restart.
+/// below, about 1.5 to 3 s, long enough for a server to restart. With
+/// several servers, at least one try each (see [`Settings::servers`]).
 pub const FIRST_LOGIN_TRIES: u32 = 6;
 /// Reconnection delays: the first, and the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -51,6 +52,11 @@ pub struct Settings {
     pub show_seq: bool,
     /// Prefix of this run's message ids (unique across runs).
     pub mid_prefix: String,
+    /// How many servers the shell rotates through (at least 1). Before the
+    /// first login the client gives up after [`FIRST_LOGIN_TRIES`] tries or
+    /// once around the list, whichever is more; and a server that stays
+    /// silent after connecting is final at once only when it is the only one.
+    pub servers: usize,
 }
 
 /// How a client run ended.
@@ -187,6 +193,13 @@ impl Machine {
         !matches!(self.phase, Phase::Down | Phase::Done)
     }
 
+    /// Connections tried before the first login gives up: see
+    /// [`Settings::servers`].
+    pub fn first_login_tries(&self) -> u32 {
+        let servers = u32::try_from(self.settings.servers).unwrap_or(u32::MAX);
+        FIRST_LOGIN_TRIES.max(servers)
+    }
+
     /// Whether a login ever succeeded in this run.
     pub fn ever_logged_in(&self) -> bool {
         self.ever_logged_in
@@ -233,7 +246,7 @@ impl Machine {
     }
 
     /// Connecting failed (`why` says how). Before the first login this is
-    /// tried [`FIRST_LOGIN_TRIES`] times and then final: a server that is
+    /// tried [`Machine::first_login_tries`] times and then final: a server that is
     /// restarting comes back within that, a wrong address or port does not.
     pub fn on_connect_failed(&mut self, why: &str) -> Vec<Action> {
         if !self.ever_logged_in {
@@ -321,8 +334,9 @@ impl Machine {
                     LOGIN_WAIT.as_secs()
                 );
                 // A server that accepts and stays silent is not restarting:
-                // before the first login this is final at once.
-                if !self.ever_logged_in {
+                // before the first login this is final at once, unless
+                // other servers are left to try.
+                if !self.ever_logged_in && self.settings.servers <= 1 {
                     return self.exit(Outcome::Closed(why));
                 }
                 return self.on_lost(&why);
@@ -517,9 +531,9 @@ impl Machine {
     }
 
     /// A connection failed before any login worked: try again with backoff
-    /// a few times, then give up with `why`.
+    /// a few times (and each server at least once), then give up with `why`.
     fn before_first_login(&mut self, why: &str) -> Vec<Action> {
-        if self.attempt + 1 >= FIRST_LOGIN_TRIES {
+        if self.attempt + 1 >= self.first_login_tries() {
             return self.exit(Outcome::Closed(why.to_owned()));
         }
         self.lost(why.to_owned())

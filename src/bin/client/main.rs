@@ -22,17 +22,20 @@ use herald::ClientId;
 
 mod conn;
 mod machine;
+mod servers;
 mod stdin;
 
 use conn::{ClientTls, Target};
 use machine::{Machine, Outcome, Settings};
+use servers::{Node, NodeList, Rotation};
 
 /// The client's default frame limit: 16 MiB. The server's own limit
 /// (`--max-frame-bytes`, 64 KiB by default) may be raised up to 1 GiB.
 const DEFAULT_MAX_FRAME_BYTES: u64 = 16 << 20;
 
 /// Herald chat client: sends every line typed on stdin to the server at
-/// --server-ip/--port, prints every message received as `<from>: <text>`.
+/// --server-ip/--port (or one of --servers), prints every message received
+/// as `<from>: <text>`.
 ///
 /// Each line is kept until the server confirms it (SENT); when the
 /// connection drops or the server stops or is full (BYE shutdown, BYE
@@ -60,9 +63,22 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     server_ip: String,
 
-    /// Server port.
-    #[arg(long)]
-    port: u16,
+    /// Server port (required unless --servers is given).
+    #[arg(long, required_unless_present = "servers")]
+    port: Option<u16>,
+
+    /// Servers to fail over between, as `host:port,host:port…` (IPv6 as
+    /// `[addr]:port`), instead of --server-ip/--port: the nodes of one
+    /// broker, or several addresses of one server or load balancer. The
+    /// client connects to the first; each time a connection is lost or
+    /// cannot be made it tries the next (after the last, the first again),
+    /// with the usual backoff. The first is always tried first, so the
+    /// order is the preference (give clients different orders to spread
+    /// them). Before the first login it gives up after 6 tries or once
+    /// around the list, whichever is more.
+    #[arg(long, value_name = "LIST", value_parser = servers::parse_list,
+          conflicts_with_all = ["server_ip", "port"])]
+    servers: Option<NodeList>,
 
     /// For scripts: once stdin has ended and every line is confirmed
     /// (SENT), quit (status 0) after no message (MSG) arrived and no line
@@ -96,7 +112,8 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "tls")]
     ca_file: Option<std::path::PathBuf>,
 
-    /// The name the server's certificate must carry (default: --server-ip).
+    /// The name the server's certificate must carry (default: the host of
+    /// --server-ip, or of each server in --servers).
     #[arg(long, value_name = "NAME", requires = "tls")]
     tls_server_name: Option<String>,
 
@@ -108,22 +125,42 @@ struct Args {
     max_frame_bytes: u64,
 }
 
-/// TLS settings from the flags.
-fn tls(args: &Args) -> Result<Option<ClientTls>, String> {
+/// The servers from the flags: --servers, else --server-ip and --port.
+fn servers(args: &Args) -> Option<Rotation> {
+    let nodes = match (&args.servers, args.port) {
+        (Some(NodeList(nodes)), _) => nodes.clone(),
+        (None, Some(port)) => vec![Node {
+            host: args.server_ip.clone(),
+            port,
+        }],
+        // clap requires one of the two.
+        (None, None) => Vec::new(),
+    };
+    Rotation::new(nodes)
+}
+
+/// TLS settings from the flags; every server's name is checked here, so
+/// that a bad one is refused at start.
+fn tls(args: &Args, servers: &Rotation) -> Result<Option<ClientTls>, String> {
     let Some(ca) = args.ca_file.as_deref().filter(|_| args.tls) else {
         return Ok(None);
     };
     let config = herald::net::tls::client_config(ca).map_err(|e| e.to_string())?;
-    let name = args
-        .tls_server_name
-        .clone()
-        .unwrap_or_else(|| args.server_ip.clone());
-    let server_name = rustls_pki_types::ServerName::try_from(name.clone())
-        .map_err(|e| format!("'{name}' is not a valid server name: {e}"))?;
-    Ok(Some(ClientTls {
+    let server_name = match &args.tls_server_name {
+        Some(name) => Some(
+            rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| format!("'{name}' is not a valid server name: {e}"))?,
+        ),
+        None => None,
+    };
+    let tls = ClientTls {
         config,
         server_name,
-    }))
+    };
+    for node in servers.nodes() {
+        tls.name_for(node)?;
+    }
+    Ok(Some(tls))
 }
 
 /// The secret from --secret-file, else from HERALD_SECRET, if any.
@@ -158,7 +195,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tls = match tls(&args) {
+    let Some(servers) = servers(&args) else {
+        eprintln!("error: give --servers LIST, or --port (with --server-ip)");
+        return ExitCode::from(2);
+    };
+    let tls = match tls(&args, &servers) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -172,10 +213,10 @@ fn main() -> ExitCode {
         reconnect: !args.no_reconnect,
         show_seq: args.show_seq,
         mid_prefix: mid_prefix(),
+        servers: servers.len(),
     };
     let target = Target {
-        server: args.server_ip,
-        port: args.port,
+        servers,
         tls,
         max_frame_bytes: usize::try_from(args.max_frame_bytes).unwrap_or(usize::MAX),
     };

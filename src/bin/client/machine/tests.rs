@@ -9,6 +9,7 @@ fn settings() -> Settings {
         reconnect: true,
         show_seq: false,
         mid_prefix: "p".into(),
+        servers: 1,
     }
 }
 
@@ -472,6 +473,65 @@ fn no_server_at_all_is_final_after_a_few_tries_but_a_server_that_went_away_is_wa
     let (mut m, _) = online(settings());
     m.on_lost("eof");
     assert!(reconnects(&m.on_connect_failed("refused")));
+}
+
+#[test]
+fn with_a_list_the_first_login_tries_each_server_at_least_once() {
+    let t = Instant::now();
+    // A short list: the usual tries.
+    let m = Machine::new(
+        Settings {
+            servers: 3,
+            ..settings()
+        },
+        t,
+    );
+    assert_eq!(m.first_login_tries(), FIRST_LOGIN_TRIES);
+    // A long one: once around it.
+    let mut m = Machine::new(
+        Settings {
+            servers: 9,
+            ..settings()
+        },
+        t,
+    );
+    assert_eq!(m.first_login_tries(), 9);
+    for _ in 1..9 {
+        assert!(reconnects(&m.on_connect_failed("refused")));
+    }
+    assert!(exit(&m.on_connect_failed("refused")).is_some());
+    // A silent server is one failed try when others are left.
+    let mut m = Machine::new(
+        Settings {
+            servers: 2,
+            ..settings()
+        },
+        t,
+    );
+    m.on_connected(t);
+    assert!(reconnects(&m.on_tick(t + LOGIN_WAIT)));
+}
+
+#[test]
+fn the_backoff_grows_per_failed_try_and_resets_after_a_login() {
+    let (mut m, t) = online(Settings {
+        servers: 2,
+        ..settings()
+    });
+    let waits = |a: &[Action]| -> Vec<Duration> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Reconnect(w) => Some(*w),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(waits(&m.on_lost("eof")), [backoff(0)]);
+    assert_eq!(waits(&m.on_connect_failed("refused")), [backoff(1)]);
+    assert_eq!(waits(&m.on_connect_failed("refused")), [backoff(2)]);
+    m.on_connected(t);
+    m.on_frame(t, welcome());
+    assert_eq!(waits(&m.on_lost("eof")), [backoff(0)]);
 }
 
 #[test]
