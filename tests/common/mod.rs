@@ -250,6 +250,19 @@ pub fn client_command(port: u16, id: &str, extra: &[&str]) -> Command {
     c
 }
 
+/// A `client` command for `id` failing over between `servers`
+/// (`host:port,…`, given as `-servers`, the seed's spelling), all three
+/// streams piped.
+pub fn servers_client_command(servers: &str, id: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_client"));
+    c.args(["--client-id", id, "-servers", servers])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// Streams the lines of a child's output into a channel.
 pub fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -298,4 +311,35 @@ pub fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
         assert!(std::time::Instant::now() < deadline, "process did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Writes `tag`-ca.pem, `tag`-server.pem and `tag`-server.key into `dir`:
+/// a private CA and a server certificate for `names`; returns their paths.
+pub fn make_certs_for(
+    dir: &std::path::Path,
+    tag: &str,
+    names: &[&str],
+) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let path = |name: &str| {
+        dir.join(format!("{tag}-{name}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("server.pem"), cert.pem()).unwrap();
+    std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
 }
