@@ -45,7 +45,8 @@ const DEFAULT_MAX_FRAME_BYTES: u64 = 16 << 20;
 /// note on stderr) only when the server refuses it for good (EMPTY_MESSAGE,
 /// FRAME_TOO_LONG, BAD_FRAME). It exits 1 on UNKNOWN_CLIENT, AUTH_FAILED,
 /// BYE replaced, or a server it cannot reach in 6 tries (about 3 s) before
-/// its first login. A message is acknowledged only once printed and never
+/// its first login (with --servers: 6 tries or once around the list,
+/// whichever is more). A message is acknowledged only once printed and never
 /// printed twice; a frame it cannot decode ends the connection instead of
 /// being skipped. Memory is bounded: at most 1,024 unconfirmed lines (stdin
 /// is not read while they hold 4 MiB or more; a line over --max-frame-bytes
@@ -69,7 +70,8 @@ struct Args {
 
     /// Servers to fail over between, as `host:port,host:port…` (IPv6 as
     /// `[addr]:port`), instead of --server-ip/--port: the nodes of one
-    /// broker, or several addresses of one server or load balancer. The
+    /// broker, or several addresses of one server or load balancer (they
+    /// must share one store, so one seq order). The
     /// client connects to the first; each time a connection is lost or
     /// cannot be made it tries the next (after the last, the first again),
     /// with the usual backoff. The first is always tried first, so the
