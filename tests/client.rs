@@ -544,3 +544,52 @@ fn with_tls_each_listed_server_is_checked_against_its_own_host() {
     assert_eq!(notes[1], format!("next server: localhost:{}", s.port));
     kill(&mut c);
 }
+
+/// Over fake servers A and B: a line A took but did not confirm goes to B
+/// with the same mid, a confirmed one does not, and when B goes too the
+/// client comes back to A (the list wraps around).
+#[tokio::test]
+async fn unconfirmed_lines_follow_the_client_to_the_next_server_with_their_mids() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (pa, pb) = (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    );
+    let list = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
+    let mut c = common::servers_client_command(&list, "1", &[])
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+
+    let mut on_a = Fake::accept(&a).await;
+    assert_eq!(on_a.line().await.as_deref(), Some("LOGIN 1"));
+    on_a.write(b"WELCOME 1 0\n").await;
+    stdin.write_all(b"one\ntwo\n").unwrap();
+    let one = on_a.line().await.unwrap();
+    let two = on_a.line().await.unwrap();
+    assert!(
+        one.ends_with(" SEND one") && two.ends_with(" SEND two"),
+        "{one} {two}"
+    );
+    on_a.write(b"SENT 1\n").await;
+    drop(on_a);
+
+    let mut on_b = Fake::accept(&b).await;
+    assert_eq!(on_b.line().await.as_deref(), Some("LOGIN 1"));
+    on_b.write(b"WELCOME 1 0\n").await;
+    assert_eq!(on_b.line().await.unwrap(), two, "resent with its mid");
+    stdin.write_all(b"three\n").unwrap();
+    let three = on_b.line().await.unwrap();
+    assert!(three.ends_with(" SEND three"), "{three}");
+    drop(on_b);
+
+    let mut again = Fake::accept(&a).await;
+    assert_eq!(again.line().await.as_deref(), Some("LOGIN 1"));
+    again.write(b"WELCOME 1 0\n").await;
+    assert_eq!(again.line().await.unwrap(), two);
+    assert_eq!(again.line().await.unwrap(), three);
+    assert!(c.try_wait().unwrap().is_none());
+    drop(stdin);
+    kill(&mut c);
+}
