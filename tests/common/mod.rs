@@ -343,3 +343,62 @@ pub fn make_certs_for(
     std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
     (path("ca.pem"), path("server.pem"), path("server.key"))
 }
+
+/// Waits (bounded by `within`) for the next line that satisfies `want`.
+pub fn wait_for(
+    lines: &std::sync::mpsc::Receiver<String>,
+    within: Duration,
+    mut want: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if want(&l) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no such line within {within:?}: {e}"),
+        }
+    }
+}
+
+/// A fake server's side of one connection, for tests that play the
+/// server to a real `client`.
+pub struct Fake {
+    reader: AsyncBufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Fake {
+    /// Accepts the next connection on `listener` (bounded by [`DEADLINE`]).
+    pub async fn accept(listener: &tokio::net::TcpListener) -> Fake {
+        let (stream, _) = tokio::time::timeout(DEADLINE, listener.accept())
+            .await
+            .expect("the client did not connect")
+            .unwrap();
+        Fake::from(stream)
+    }
+
+    /// Wraps an accepted connection.
+    pub fn from(stream: TcpStream) -> Fake {
+        let (r, w) = stream.into_split();
+        Fake {
+            reader: AsyncBufReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// Writes raw bytes to the client.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// The next line from the client, or `None` once it closed.
+    pub async fn line(&mut self) -> Option<String> {
+        let mut buf = String::new();
+        let n = tokio::time::timeout(DEADLINE, self.reader.read_line(&mut buf))
+            .await
+            .expect("the client said nothing")
+            .ok()?;
+        (n > 0).then(|| buf.trim_end().to_owned())
+    }
+}
