@@ -76,29 +76,71 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Connects to the current server, with TLS when configured; the error
 /// text carries a hint when TLS is probably on one side only.
-async fn connect(target: &Target) -> Result<Box<dyn Io>, String> {
+async fn connect(target: &Target) -> Result<Box<dyn Io>, Failure> {
     let node = target.servers.current();
     let where_ = node.to_string();
     let tcp = TcpStream::connect((node.host.as_str(), node.port))
         .await
-        .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
+        .map_err(|e| Failure::Retry(format!("cannot connect to {where_}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &target.tls else {
         return Ok(Box::new(tcp));
     };
-    let name = tls.name_for(node)?;
+    let name = tls.name_for(node).map_err(Failure::Retry)?;
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     match connector.connect(name, tcp).await {
         Ok(stream) => Ok(Box::new(stream)),
         Err(e) => {
+            if let Some(why) = untrusted(&e) {
+                return Err(Failure::Untrusted(format!(
+                    "cannot connect to {where_}: the server's certificate is not trusted: {why}"
+                )));
+            }
             let hint = if is_not_tls(&e) {
                 "; the server does not speak TLS on this port: drop --tls"
             } else {
                 ""
             };
-            Err(format!("cannot connect to {where_}: TLS: {e}{hint}"))
+            Err(Failure::Retry(format!(
+                "cannot connect to {where_}: TLS: {e}{hint}"
+            )))
         }
     }
+}
+
+/// Why a connection attempt failed.
+enum Failure {
+    /// Worth trying again (no server there yet, a network error).
+    Retry(String),
+    /// The server's certificate is not one `--ca-file` lets through:
+    /// trying again would meet the same certificate.
+    Untrusted(String),
+}
+
+/// What is wrong with the server's certificate, in words a user can act
+/// on, when that is why the handshake failed.
+fn untrusted(e: &std::io::Error) -> Option<String> {
+    use tokio_rustls::rustls::{CertificateError as C, Error};
+    let Some(Error::InvalidCertificate(c)) = e.get_ref().and_then(|i| i.downcast_ref::<Error>())
+    else {
+        return None;
+    };
+    Some(match c {
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it does not carry the name checked (connect by a name it carries, or give \
+             --tls-server-name NAME)"
+                .to_owned()
+        }
+        C::Expired | C::ExpiredContext { .. } => "it has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "it is not valid yet (check both machines' clocks)".to_owned()
+        }
+        C::UnknownIssuer | C::Other(_) => "it is neither signed by a CA in --ca-file nor the \
+             self-signed certificate that --ca-file holds (give the file that signed it, or \
+             the server's own self-signed certificate)"
+            .to_owned(),
+        other => format!("{other:?}"),
+    })
 }
 
 /// Whether a failed handshake met a peer that is not speaking TLS.
@@ -366,7 +408,8 @@ pub async fn run(
                         shell.conn = Some(Conn::new(stream, shell.target.max_frame_bytes));
                         machine.on_connected(now())
                     }
-                    Ok(Err(why)) => machine.on_connect_failed(&why),
+                    Ok(Err(Failure::Retry(why))) => machine.on_connect_failed(&why),
+                    Ok(Err(Failure::Untrusted(why))) => machine.on_untrusted(&why),
                     Err(_) => machine.on_connect_failed("connecting timed out"),
                 },
                 _ = &mut signal, if !signalled => {

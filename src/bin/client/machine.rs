@@ -255,6 +255,22 @@ impl Machine {
         self.retry(format!("cannot reconnect ({why})"))
     }
 
+    /// The server's certificate is not trusted. Before the first login
+    /// this is final once every listed server was tried (the same
+    /// certificate would come again); later, a server may have been given
+    /// a wrong one by mistake and be fixed, so it is retried like any lost
+    /// connection.
+    pub fn on_untrusted(&mut self, why: &str) -> Vec<Action> {
+        if self.ever_logged_in {
+            return self.retry(why.to_owned());
+        }
+        let servers = u32::try_from(self.settings.servers).unwrap_or(u32::MAX);
+        if self.attempt + 1 >= servers {
+            return self.exit(Outcome::Closed(why.to_owned()));
+        }
+        self.lost(why.to_owned())
+    }
+
     /// The connection ended without a `BYE` (EOF, read error, or one the
     /// shell gave up on); `why` says how.
     pub fn on_lost(&mut self, why: &str) -> Vec<Action> {

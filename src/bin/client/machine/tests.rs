@@ -558,3 +558,27 @@ fn after_quit_any_bye_or_bad_frame_ends_the_run() {
         assert_eq!(exit(&m.on_frame(t, last)), Some(&Outcome::Quit));
     }
 }
+
+#[test]
+fn an_untrusted_certificate_ends_the_first_login_once_every_server_was_tried() {
+    let t = Instant::now();
+    let mut m = Machine::new(settings(), t);
+    let a = m.on_untrusted("not trusted");
+    assert!(
+        matches!(exit(&a), Some(Outcome::Closed(r)) if r == "not trusted"),
+        "{a:?}"
+    );
+    let mut m = Machine::new(
+        Settings {
+            servers: 2,
+            ..settings()
+        },
+        t,
+    );
+    assert!(reconnects(&m.on_untrusted("not trusted")));
+    assert!(exit(&m.on_untrusted("not trusted")).is_some());
+    // After a login it is retried: the server may be fixed.
+    let (mut m, _) = online(settings());
+    m.on_lost("eof");
+    assert!(reconnects(&m.on_untrusted("not trusted")));
+}
