@@ -14,8 +14,10 @@
 #      that were away what they missed, and stops with status 0 too.
 # One PASS or FAIL line per step, and last `docker: N passed, M failed`; exits
 # non-zero if any step failed. Containers, the volume and the image it made
-# are removed on every exit path (the image with --no-prune, so that its
-# build cache, with the compiled dependencies, serves the next run).
+# are removed on every exit path. With the classic builder, the layers with
+# the compiled dependencies and crate are kept under the tags
+# herald-docker-test-cache:build-*, replacing the previous run's, so the next
+# run compiles only what changed (BuildKit keeps a cache of its own).
 #
 # Base images. When rust:1-bookworm and debian:bookworm-slim cannot be pulled
 # (no registry reachable), it builds local STAND-INS under those two tags.
@@ -56,6 +58,7 @@ VOLUME=herald-docker-test-$RUN_ID
 CACHE_DIR=${HERALD_DOCKER_CACHE:-/var/cache/herald-docker}
 MIRROR=${HERALD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 STAND_IN_LABEL=org.herald.stand-in
+CACHE_TAG=herald-docker-test-cache:build
 BASE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PASSED=0
 FAILED=0
@@ -110,7 +113,7 @@ cleanup() {
         timeout 60 docker rm -f "${CONTAINERS[@]}" >/dev/null 2>&1
     fi
     [[ -n $VOLUME_MADE ]] && timeout 60 docker volume rm -f "$VOLUME" >/dev/null 2>&1
-    [[ -n $IMAGE_MADE ]] && timeout 60 docker rmi --no-prune "$IMAGE" >/dev/null 2>&1
+    [[ -n $IMAGE_MADE ]] && timeout 60 docker rmi "$IMAGE" >/dev/null 2>&1
     if [[ -n $DOCKERD_PID ]]; then
         kill -TERM "$DOCKERD_PID" 2>/dev/null
         wait_until 30 not_running "$DOCKERD_PID" || kill -KILL "$DOCKERD_PID" 2>/dev/null
@@ -289,10 +292,39 @@ build_image() {
     IMAGE_MADE=1
     if timeout 2400 docker build "${PROXY_ARGS[@]}" -t "$IMAGE" . >"$WORK/build.log" 2>&1; then
         pass "docker build -t $IMAGE . ($((SECONDS - t0)) s)"
+        keep_build_cache
     else
         fail "docker build -t $IMAGE . (status $?, $((SECONDS - t0)) s)" "$WORK/build.log"
         give_up
     fi
+}
+
+# Keeps the build stage's two layers that cost minutes, the compiled
+# dependencies and the compiled crate, under $CACHE_TAG-dependencies and
+# $CACHE_TAG-crate, so that removing the image at the end leaves them as the
+# next run's cache, and removes what those tags named before: one set of
+# cache layers at a time. The classic builder names each step's image in its
+# log; BuildKit keeps a cache of its own and is left alone.
+keep_build_cache() {
+    keep_layer 'RUN find src benches' "$CACHE_TAG-crate" &&
+        keep_layer 'RUN mkdir -p src/bin' "$CACHE_TAG-dependencies" &&
+        note "build cache kept as $CACHE_TAG-dependencies and $CACHE_TAG-crate"
+}
+
+# keep_layer STEP TAG: tags the image made by the Dockerfile step starting
+# with STEP (the first id after it in the build log) as TAG; removes the
+# image TAG named before, if it was another one.
+keep_layer() {
+    local id old
+    id=$(awk -v step="$1" 'index($0, ": " step) && /^Step [0-9]+\/[0-9]+ : / { found = 1; next }
+              found && /^ ---> [0-9a-f]+$/ { print $2; exit }' "$WORK/build.log")
+    [[ -n $id ]] || return 1
+    old=$(timeout 60 docker image inspect -f '{{.Id}}' "$2" 2>/dev/null)
+    timeout 60 docker tag "$id" "$2" || return 1
+    if [[ -n $old && $old != "$(timeout 60 docker image inspect -f '{{.Id}}' "$2" 2>/dev/null)" ]]; then
+        timeout 60 docker rmi "$old" >/dev/null 2>&1
+    fi
+    return 0
 }
 
 # run_scenarios WHAT EXPECTED_PASSED [ARG...]: docker run --rm IMAGE ARG...
