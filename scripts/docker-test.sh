@@ -349,10 +349,9 @@ find_client() {
     local dir=${HERALD_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
     CLIENT=$dir/client
     [[ -x $CLIENT ]] && return 0
-    note "no $CLIENT: cargo build --locked --bin client"
-    if [[ -z ${HERALD_BIN_DIR:-} ]] &&
-        timeout 1200 cargo build --locked --bin client >"$WORK/cargo.log" 2>&1 && [[ -x $CLIENT ]]; then
-        return 0
+    if [[ -z ${HERALD_BIN_DIR:-} ]]; then
+        note "no $CLIENT: cargo build --locked --bin client"
+        timeout 1200 cargo build --locked --bin client >"$WORK/cargo.log" 2>&1 && [[ -x $CLIENT ]] && return 0
     fi
     fail "no client binary at $CLIENT" "$WORK/cargo.log"
     return 1
