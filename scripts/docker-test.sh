@@ -169,6 +169,11 @@ ensure_engine() {
     if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
         apt_install docker.io || { fail "cannot install docker.io with apt-get" "$WORK/apt.log"; give_up; }
         note "installed docker.io"
+        # Where a service manager runs, installing the package started it.
+        if engine_answers; then
+            pass "Docker engine answers (installed here)"
+            return
+        fi
     fi
     local log=$WORK/dockerd.log
     dockerd </dev/null >"$log" 2>&1 &
