@@ -2,17 +2,35 @@
 #   docker build -t herald .
 #   docker run --rm herald                 # scenario tests 1 and 2 (run_both_tests.sh)
 #   docker run --rm herald run_both_tests.sh --all
-#   docker run --rm -p 5000:5000 herald server --client-ids 1,2,3 --port 5000 --bind 0.0.0.0
-# The server listens on loopback unless given --bind: inside a container it
-# needs --bind 0.0.0.0 to be reachable through a published port (-p).
+#   docker run --rm -p 127.0.0.1:5000:5000 -v herald-data:/data herald \
+#       server --client-ids 1,2,3 --port 5000 --bind 0.0.0.0
 # The server's data lives in the volume /data (the working directory, so the
-# default --data-dir ./herald-data is /data/herald-data).
+# default --data-dir ./herald-data is /data/herald-data). Inside a container
+# the server must listen on 0.0.0.0 to be reachable through a published port,
+# so pass --bind 0.0.0.0 explicitly.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
+
+# The dependencies first, in a layer of their own: the manifest and lock file
+# with empty stand-ins for the crate's targets, so that a change under src/
+# does not rebuild them. Cargo.toml names benches/codec.rs, so it must exist.
 COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src/bin benches \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' >src/bin/server.rs \
+    && echo 'fn main() {}' >src/bin/client.rs \
+    && echo 'fn main() {}' >benches/codec.rs \
+    && cargo build --release --locked --bin server --bin client \
+    && rm -rf src benches
+
+# Then the crate itself. COPY keeps the files' modification times, which can
+# be older than the empty stand-ins built above: touch them so that cargo
+# rebuilds the crate instead of keeping the stand-ins.
 COPY src ./src
-RUN cargo build --release --locked --bins
+COPY benches ./benches
+RUN find src benches -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked --bin server --bin client
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \

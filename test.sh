@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Every check the project has: formatting, lints, unit and integration tests,
-# and the four end-to-end scenarios over the real binaries.
-# This is the README's test command and what CI runs.
+# the Docker image (built, its scenario tests run, a server container on a
+# volume stopped and restarted; see scripts/docker-test.sh), and the four
+# end-to-end scenarios over the real binaries.
+# This is the README's test command and what CI runs. HERALD_SKIP_DOCKER=1
+# skips the Docker step locally; with CI=true it always runs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,5 +14,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== docker (the image; the host's client is the debug one cargo test just built)"
+HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/docker-test.sh
 echo "== scenarios (the debug binaries cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" ./run_both_tests.sh --all
