@@ -137,7 +137,7 @@ impl RefusalLog {
             .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
         {
             log::warn!(
-                "refusing connections: {max} are open (--max-connections); {} refused so far",
+                "refusing connections: {max} are open, the most this server serves (--max-connections, or fewer under the open-file limit); {} refused so far",
                 self.refused
             );
             self.last = Some(std::time::Instant::now());

@@ -87,6 +87,8 @@ struct Args {
     dedupe_window: u64,
 
     /// Connections served at once; more get `ERR LIMIT` and `BYE limit`.
+    /// Lowered (with a warning) when the open-file limit leaves room for
+    /// fewer.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
 

@@ -47,12 +47,16 @@ enum Workload {
     /// unconfirmed; every message reaches the N-1 others. Reports
     /// deliveries/s, sends/s and end-to-end latency.
     Fanout {
+        /// Clients online, each sending and receiving (bench-0 …).
         #[arg(long, default_value_t = 20)]
         clients: usize,
+        /// Messages each client sends.
         #[arg(long, default_value_t = 2_000)]
         messages: usize,
+        /// Bytes of text per message.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Most unconfirmed SENDs per client.
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
@@ -62,10 +66,13 @@ enum Workload {
         /// Sending clients (bench-0 …); `--senders` is an old name for it.
         #[arg(long, alias = "senders", default_value_t = 20)]
         clients: usize,
+        /// Messages each client sends.
         #[arg(long, default_value_t = 2_000)]
         messages: usize,
+        /// Bytes of text per message.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Most unconfirmed SENDs per client.
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
@@ -76,12 +83,16 @@ enum Workload {
     /// `--phase drain` split the two, so the server can be restarted between
     /// them and the backlog comes from disk.
     Catchup {
+        /// Fill the backlog, drain it, or both.
         #[arg(long, value_enum, default_value_t = Phase::Both)]
         phase: Phase,
+        /// Messages in the backlog.
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
+        /// Bytes of text per message.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Most unconfirmed SENDs while filling.
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
@@ -89,16 +100,20 @@ enum Workload {
     /// message; reports the time until all have it and, with --server-pid,
     /// the server's memory per connection.
     Connections {
+        /// Idle clients to log in (idle-0 …).
         #[arg(long, default_value_t = 10_000)]
         clients: usize,
+        /// The server's process id, to read its memory from /proc.
         #[arg(long)]
         server_pid: Option<u32>,
     },
     /// The raw fsync rate of a directory's disk, 64 records of 100 bytes per
     /// fsync.
     Fsync {
+        /// A directory on the disk to measure.
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,
+        /// How long to measure.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
