@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use super::Registry;
 use crate::actors::messages::{Publish, SessionId, ToSession};
-use crate::net::{ErrorCode, FrameError};
+use crate::net::{ErrorCode, FrameError, Message};
 use crate::store::{Append, ForgetMids, MidRecord, StoreError};
-use crate::types::{unix_ms_now, ClientId, Message, Seq};
+use crate::types::{unix_ms_now, ClientId, Seq};
 
 /// A `SEND` waiting for the next append.
 pub(super) struct PendingSend {

@@ -7,9 +7,9 @@ use actix::prelude::*;
 use super::{Online, Registry};
 use crate::actors::messages::{Credit, SessionId, ToSession};
 use crate::actors::tail::Tail;
-use crate::net::ByeReason;
+use crate::net::{ByeReason, Message};
 use crate::store::{ReadAfter, StoreError};
-use crate::types::{Message, Seq};
+use crate::types::Seq;
 
 /// Pushes `s` the messages after its cursor that the tail holds, while it
 /// has credit, in pushes of at most `max_deliver`. Returns whether it is
