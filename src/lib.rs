@@ -19,4 +19,5 @@ pub mod server;
 pub mod store;
 pub mod types;
 
-pub use types::{ClientId, Message, Seq};
+pub use net::Message;
+pub use types::{ClientId, Seq};

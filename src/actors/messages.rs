@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::{Message as ActixMessage, Recipient};
 use bytes::Bytes;
 
+use crate::net::Message;
 use crate::net::{ByeReason, FrameError, Tags};
-use crate::types::{ClientId, Message, Seq};
+use crate::types::{ClientId, Seq};
 
 /// Identifies one connection for its whole life (ids are never reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

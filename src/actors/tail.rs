@@ -3,7 +3,8 @@
 
 use std::collections::VecDeque;
 
-use crate::types::{Message, Seq};
+use crate::net::Message;
+use crate::types::Seq;
 
 /// The in-memory tail of the log: the newest messages, for live fan-out.
 #[derive(Default)]

@@ -1,13 +1,16 @@
-//! Bytes and frames: the wire protocol's typed frames, the line codec, and
-//! the TCP listener that turns each accepted connection into a session.
+//! Bytes and frames: the wire protocol's typed frames, the [`Message`] with
+//! its `MSG` frame encoded once, the line codec, and the TCP listener that
+//! turns each accepted connection into a session.
 
 pub mod certs;
 pub mod codec;
 pub mod frame;
 pub mod listener;
+pub mod message;
 pub mod pinned;
 pub mod tls;
 pub mod transport;
 
 pub use codec::{ClientCodec, ServerCodec, DEFAULT_MAX_FRAME_BYTES};
 pub use frame::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerFrame, Tags};
+pub use message::Message;

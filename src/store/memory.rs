@@ -4,7 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{MidRecord, Recovered, Store, StoreError};
-use crate::types::{ClientId, Message, Seq};
+use crate::net::Message;
+use crate::types::{ClientId, Seq};
 
 /// Keeps the whole log and the cursors in memory.
 #[derive(Debug, Default)]

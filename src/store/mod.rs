@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use actix::{Actor, Handler, Message as ActixMessage, SyncContext};
 
-use crate::types::{ClientId, Message, Seq};
+use crate::net::Message;
+use crate::types::{ClientId, Seq};
 
 pub mod memory;
 pub mod sqlite;

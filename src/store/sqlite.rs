@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{MidRecord, Recovered, Store, StoreError};
-use crate::types::{ClientId, Message, Seq};
+use crate::net::Message;
+use crate::types::{ClientId, Seq};
 
 /// The schema this version writes and reads.
 pub const SCHEMA_VERSION: i64 = 2;

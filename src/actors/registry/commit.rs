@@ -1,0 +1,289 @@
+//! Group commit: `SEND`s queue up while an append is in flight; the next
+//! append takes them all (within bounds), numbers them from the head, and
+//! only once the store has them are they answered `SENT` and delivered.
+//! A resent message id (`@mid`) is answered with its first copy's seq and
+//! not stored again.
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::Registry;
+use crate::actors::messages::{Publish, SessionId, ToSession};
+use crate::net::{ErrorCode, FrameError, Message};
+use crate::store::{Append, ForgetMids, MidRecord, StoreError};
+use crate::types::{unix_ms_now, ClientId, Seq};
+
+/// A `SEND` waiting for the next append.
+pub(super) struct PendingSend {
+    session: SessionId,
+    from: ClientId,
+    text: Bytes,
+    unix_ms: u64,
+    /// The client's message id, if it sent one.
+    mid: Option<String>,
+    /// A resend of a mid stored (or being stored) already: answered with
+    /// the first copy's seq, not stored again.
+    dup: bool,
+    /// For a resend of a remembered mid: its first copy's seq, taken when
+    /// it was queued (newer mids may push it out of the window meanwhile).
+    first: Option<Seq>,
+}
+
+impl Handler<Publish> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        if let Some(queued) = self.authenticating.get_mut(&msg.session) {
+            // Its LOGIN is still being checked.
+            queued.push(msg);
+            return;
+        }
+        self.publish(msg, ctx);
+    }
+}
+
+impl Registry {
+    /// Queues a logged-in session's `SEND` for the next commit.
+    pub(super) fn publish(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get(&msg.session) else {
+            // A session whose login was refused or replaced; it is closing.
+            return;
+        };
+        if self.shutting_down {
+            // Refusing it would make the client drop a line it could store
+            // after a reconnect; left unanswered, the session's `BYE
+            // shutdown` tells the client to resend it.
+            return;
+        }
+        let from = s.id.clone();
+        let mid = msg.tags.mid;
+        let first = mid.as_deref().and_then(|m| self.mids.get(&from)?.get(m));
+        let dup = first.is_some()
+            || mid
+                .as_ref()
+                .is_some_and(|m| self.inflight_mids.contains(&(from.clone(), m.clone())));
+        if let (false, Some(m)) = (dup, &mid) {
+            self.inflight_mids.insert((from.clone(), m.clone()));
+        }
+        self.pending.push(PendingSend {
+            session: msg.session,
+            from,
+            text: msg.text,
+            unix_ms: unix_ms_now(),
+            mid,
+            dup,
+            first,
+        });
+        self.commit(ctx);
+    }
+
+    /// Sends the next batch of pending `SEND`s to the store, if none is in
+    /// flight. Seqs are given here, so a failed append gives them back.
+    pub(super) fn commit(&mut self, ctx: &mut Context<Self>) {
+        if self.committing {
+            return;
+        }
+        if self.pending.is_empty() {
+            self.wake_idle();
+            return;
+        }
+        let batch = self.take_batch();
+        let (messages, mids) = self.number(&batch);
+        if messages.is_empty() {
+            // Only resends: nothing to store, answer them now.
+            self.on_committed(batch, Vec::new(), ctx);
+            self.commit(ctx);
+            return;
+        }
+        self.committing = true;
+        self.store
+            .send(Append { messages, mids })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.committing = false;
+                let res = res.unwrap_or_else(|e| {
+                    Err(StoreError::Engine(format!("store actor unreachable: {e}")))
+                });
+                match res {
+                    Ok(stored) => act.on_committed(batch, stored, ctx),
+                    Err(e) => act.on_commit_failed(batch, e),
+                }
+                act.commit(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Takes the next batch off the queue: at most `max_batch` `SEND`s and
+    /// `max_batch_bytes` of text, but at least one.
+    fn take_batch(&mut self) -> Vec<PendingSend> {
+        let mut take = 0;
+        let mut bytes = 0;
+        for p in self.pending.iter().take(self.config.max_batch) {
+            bytes += p.text.len();
+            if take > 0 && bytes > self.config.max_batch_bytes {
+                break;
+            }
+            take += 1;
+        }
+        self.pending.drain(..take).collect()
+    }
+
+    /// Numbers the batch's new messages from the head and encodes their
+    /// frames, with the message ids to remember; resends get no seq.
+    fn number(&self, batch: &[PendingSend]) -> (Vec<Message>, Vec<MidRecord>) {
+        let mut seq = self.head;
+        let mut mids = Vec::new();
+        let messages: Vec<Message> = batch
+            .iter()
+            .filter(|p| !p.dup)
+            .map(|p| {
+                seq = seq.next();
+                if let Some(mid) = &p.mid {
+                    mids.push(MidRecord {
+                        client: p.from.clone(),
+                        mid: mid.clone(),
+                        seq,
+                        unix_ms: p.unix_ms,
+                    });
+                }
+                Message::new(seq, p.unix_ms, p.from.clone(), &p.text)
+            })
+            .collect();
+        (messages, mids)
+    }
+
+    /// The store has the batch's new messages (`stored`): answers every
+    /// `SEND` of the batch, moves the head and the tail on, and delivers.
+    fn on_committed(
+        &mut self,
+        batch: Vec<PendingSend>,
+        stored: Vec<Message>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = unix_ms_now();
+        let keep = self.config.dedupe_keep;
+        let max_age = self.config.dedupe_window.as_millis() as u64;
+        let mut seqs = stored.iter().map(Message::seq);
+        // Each answer in the order of the SENDs, per session.
+        let mut answers: Vec<(SessionId, Result<Seq, FrameError>)> =
+            Vec::with_capacity(batch.len());
+        for p in batch {
+            let answer = if p.dup {
+                let first = p.first.or_else(|| {
+                    p.mid
+                        .as_deref()
+                        .and_then(|mid| self.mids.get(&p.from)?.get(mid))
+                });
+                first.ok_or_else(|| {
+                    FrameError::new(
+                        ErrorCode::Limit,
+                        "a resend of a message that is no longer remembered",
+                    )
+                })
+            } else {
+                let Some(seq) = seqs.next() else {
+                    log::error!("the store gave back fewer messages than it was given");
+                    continue;
+                };
+                if let Some(mid) = p.mid {
+                    self.inflight_mids.remove(&(p.from.clone(), mid.clone()));
+                    self.mids
+                        .entry(p.from.clone())
+                        .or_default()
+                        .insert(mid, seq, p.unix_ms, keep, max_age, now);
+                }
+                Ok(seq)
+            };
+            answers.push((p.session, answer));
+        }
+        self.send_answers(answers);
+        for m in stored {
+            self.head = m.seq();
+            self.tail
+                .push(m, self.config.tail_messages, self.config.tail_bytes);
+        }
+        self.pump_all(ctx);
+    }
+
+    /// Sends each session its answers in order, consecutive `SENT`s in one
+    /// message.
+    fn send_answers(&self, answers: Vec<(SessionId, Result<Seq, FrameError>)>) {
+        let mut per_session: Vec<(SessionId, Vec<ToSession>)> = Vec::new();
+        for (sid, answer) in answers {
+            let msgs = match per_session.iter_mut().find(|(s, _)| *s == sid) {
+                Some((_, msgs)) => msgs,
+                None => {
+                    per_session.push((sid, Vec::new()));
+                    match per_session.last_mut() {
+                        Some((_, msgs)) => msgs,
+                        None => continue,
+                    }
+                }
+            };
+            match (answer, msgs.last_mut()) {
+                (Ok(seq), Some(ToSession::Sent(seqs))) => seqs.push(seq),
+                (Ok(seq), _) => msgs.push(ToSession::Sent(vec![seq])),
+                (Err(e), _) => msgs.push(ToSession::SendRefused(e)),
+            }
+        }
+        for (sid, msgs) in per_session {
+            if let Some(s) = self.sessions.get(&sid) {
+                for m in msgs {
+                    s.to.do_send(m);
+                }
+            }
+        }
+    }
+
+    /// The append failed: refuses every `SEND` of the batch (none got a
+    /// seq), and makes a queued resend of a refused mid the copy to store.
+    fn on_commit_failed(&mut self, batch: Vec<PendingSend>, e: StoreError) {
+        log::error!(
+            "storing {} message(s) failed, refusing them: {e}",
+            batch.len()
+        );
+        let reason = format!("message not stored: {e}");
+        let mut answers = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let (false, Some(mid)) = (p.dup, &p.mid) {
+                let key = (p.from.clone(), mid.clone());
+                self.inflight_mids.remove(&key);
+                // A resend of it waiting for the next batch is now the copy
+                // to store.
+                if let Some(next) = self
+                    .pending
+                    .iter_mut()
+                    .find(|q| q.dup && q.from == p.from && q.mid.as_ref() == Some(mid))
+                {
+                    next.dup = false;
+                    self.inflight_mids.insert(key);
+                }
+            }
+            answers.push((
+                p.session,
+                Err(FrameError::new(ErrorCode::Limit, reason.clone())),
+            ));
+        }
+        self.send_answers(answers);
+    }
+
+    /// Lets mids older than the dedupe window go (beyond each id's newest
+    /// `dedupe_keep`) and tells the store, per client id whose oldest
+    /// remembered mid moved on, below which seq it may forget them.
+    pub(super) fn forget_mids(&mut self) {
+        let keep = self.config.dedupe_keep;
+        let max_age = self.config.dedupe_window.as_millis() as u64;
+        let now = unix_ms_now();
+        let cutoffs: Vec<(ClientId, Seq)> = self
+            .mids
+            .iter_mut()
+            .filter_map(|(id, w)| {
+                w.expire(keep, max_age, now);
+                w.cutoff_changed().map(|seq| (id.clone(), seq))
+            })
+            .collect();
+        if !cutoffs.is_empty() {
+            self.store.do_send(ForgetMids(cutoffs));
+        }
+    }
+}

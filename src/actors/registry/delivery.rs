@@ -1,0 +1,159 @@
+//! Delivery: pushing each online session the messages after its cursor
+//! while it has credit, from the in-memory tail when they are still there,
+//! from the store otherwise (see the registry's module docs).
+
+use actix::prelude::*;
+
+use super::{Online, Registry};
+use crate::actors::messages::{Credit, SessionId, ToSession};
+use crate::actors::tail::Tail;
+use crate::net::{ByeReason, Message};
+use crate::store::{ReadAfter, StoreError};
+use crate::types::Seq;
+
+/// Pushes `s` the messages after its cursor that the tail holds, while it
+/// has credit, in pushes of at most `max_deliver`. Returns whether it is
+/// still behind and the next messages are only in the store.
+fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) -> bool {
+    while s.welcomed && !s.reading && s.cursor < head {
+        if !tail.covers_after(s.cursor, head) {
+            return true;
+        }
+        if s.credit <= 0 {
+            return false;
+        }
+        let mut batch = Vec::with_capacity(((head.0 - s.cursor.0) as usize).min(max_deliver));
+        let mut bytes = 0i64;
+        let mut last = s.cursor;
+        for m in tail.after(s.cursor) {
+            if batch.len() >= max_deliver || bytes >= s.credit {
+                break;
+            }
+            last = m.seq();
+            if m.from() != &s.id {
+                bytes += m.frame().len() as i64;
+                batch.push(m.clone());
+            }
+        }
+        s.cursor = last;
+        if !batch.is_empty() {
+            s.credit -= bytes;
+            s.to.do_send(ToSession::Deliver(batch));
+        }
+    }
+    false
+}
+
+impl Handler<Credit> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Credit, ctx: &mut Self::Context) {
+        if let Some(s) = self.sessions.get_mut(&msg.session) {
+            s.credit += msg.bytes as i64;
+            self.pump(msg.session, ctx);
+        }
+    }
+}
+
+impl Registry {
+    /// Pumps every session after new messages were stored. Sessions served
+    /// from the tail are handled in one pass; only those that fell behind
+    /// it go through [`Registry::pump`] to start a store read.
+    pub(super) fn pump_all(&mut self, ctx: &mut Context<Self>) {
+        let mut behind = Vec::new();
+        for (sid, s) in self.sessions.iter_mut() {
+            if push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
+                behind.push(*sid);
+            }
+        }
+        for sid in behind {
+            self.pump(sid, ctx);
+        }
+    }
+
+    /// Pushes a session as far as its credit allows; see the module docs.
+    pub(super) fn pump(&mut self, sid: SessionId, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if !push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
+            return;
+        }
+        // Behind the tail: read the next chunk from the store, while the
+        // session has credit left. A read asks for the credit plus one window
+        // of frame bytes, so it runs up to a window ahead of the socket (the
+        // disk and the socket work at the same time while a reader catches
+        // up), and a session never has more than two windows plus one frame
+        // pushed and not yet written.
+        if s.credit <= 0 {
+            return;
+        }
+        s.reading = true;
+        let upto = self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1));
+        let read = ReadAfter {
+            after: s.cursor,
+            upto,
+            max: self.config.read_chunk,
+            max_bytes: s.credit as usize + self.config.session_window_bytes,
+        };
+        self.store
+            .send(read)
+            .into_actor(self)
+            .map(move |res, act, ctx| act.on_read(sid, upto, res, ctx))
+            .spawn(ctx);
+    }
+
+    /// A store read for a session came back: pushes what it found (up to
+    /// `upto`) and pumps on, or closes the session if the log is unreadable.
+    fn on_read(
+        &mut self,
+        sid: SessionId,
+        upto: Seq,
+        res: Result<Result<Vec<Message>, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.reading = false;
+        match res {
+            Ok(Ok(messages)) => {
+                let last = messages.last().map_or(upto, Message::seq);
+                let batch: Vec<Message> =
+                    messages.into_iter().filter(|m| m.from() != &s.id).collect();
+                s.credit -= batch.iter().map(|m| m.frame().len() as i64).sum::<i64>();
+                s.cursor = last;
+                if !batch.is_empty() {
+                    s.to.do_send(ToSession::Deliver(batch));
+                }
+                self.pump(sid, ctx);
+            }
+            Ok(Err(e)) => {
+                log::error!(
+                    "reading the log for {} failed: {e}; closing its session",
+                    s.id
+                );
+                s.to.do_send(ToSession::Bye(ByeReason::Limit));
+            }
+            Err(e) => {
+                log::error!("store unreachable while reading for {}: {e}", s.id);
+                s.to.do_send(ToSession::Bye(ByeReason::Shutdown));
+            }
+        }
+    }
+
+    /// Sends an admitted session `WELCOME` with its backlog count and starts
+    /// pushing to it.
+    pub(super) fn welcome(&mut self, sid: SessionId, pending: u64, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.welcomed = true;
+        s.to.do_send(ToSession::Welcome {
+            id: s.id.clone(),
+            pending,
+            window: self.config.session_window_bytes,
+        });
+        self.pump(sid, ctx);
+    }
+}
