@@ -1,7 +1,7 @@
 //! The registry's secret checks with mock sessions and real verifier
 //! threads: checks wait out their penalty, a check whose session left while
 //! it waited never runs, and `SEND`s pipelined behind a `LOGIN` follow its
-//! fate; a stop tells the logins still waiting.
+//! fate; a stop, or the end of its input, settles a login still waiting.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -204,4 +204,32 @@ async fn logins_waiting_for_their_check_hear_bye_shutdown_when_the_server_stops(
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     waiting.disconnect();
     stop.await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_login_whose_input_ended_while_it_waited_is_refused_unchecked() {
+    let r = start();
+    let t = Instant::now();
+    let mut first = Client::login(&r, A, "1", "wrong");
+    first.refused(ErrorCode::AuthFailed, t).await;
+    // Address A has a failure: its checks run one at a time, so `gave_up`
+    // waits behind `wrong` — and its client ends its input meanwhile.
+    let t = Instant::now();
+    let mut wrong = Client::login(&r, A, "1", "wrong");
+    let mut gave_up = Client::login(&r, A, "1", "one");
+    r.do_send(herald::actors::messages::InputEnded {
+        session: gave_up.session,
+    });
+    match gave_up.next().await {
+        ToSession::LoginRefused(e, ByeReason::Limit) => assert_eq!(e.code, ErrorCode::Limit),
+        other => panic!("expected a refusal with BYE limit, got {other:?}"),
+    }
+    wrong.refused(ErrorCode::AuthFailed, t).await;
+    // Had the right secret been checked, it would have cleared the count
+    // and this would be a first failure, refused after 100 ms; it is the
+    // third, refused after 400.
+    let t = Instant::now();
+    let mut third = Client::login(&r, A, "1", "wrong");
+    let took = third.refused(ErrorCode::AuthFailed, t).await;
+    assert!(took >= Duration::from_millis(400), "{took:?}");
 }

@@ -105,6 +105,16 @@ pub struct Credit {
     pub bytes: usize,
 }
 
+/// The client ended its input (it may still read). A `LOGIN` of it that
+/// still waits for its secret check is refused at once instead of checked:
+/// a guesser that gives up must not cost a check.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct InputEnded {
+    /// The session.
+    pub session: SessionId,
+}
+
 /// The session is gone.
 #[derive(ActixMessage)]
 #[rtype(result = "()")]

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
 use super::answers::{Answers, Owed};
-use super::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, ToSession};
+use super::messages::{Ack, Credit, Disconnect, InputEnded, Login, Publish, SessionId, ToSession};
 use super::registry::Registry;
 use crate::net::transport::{Connection, Reader, Writer, SMALL_READ};
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
@@ -350,6 +350,9 @@ impl Session {
         }
         self.read_buf = BytesMut::new();
         self.reader = None;
+        if matches!(self.login, LoginState::Pending(_)) {
+            self.registry.do_send(InputEnded { session: self.id });
+        }
         self.forward_ack();
         self.flush(ctx);
         if self.write_closed {

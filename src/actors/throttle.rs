@@ -188,16 +188,14 @@ impl<T> Throttle<T> {
         Ok(())
     }
 
-    /// Forgets `session`'s waiting check (its connection is gone). Returns
-    /// whether one was waiting; a running check still ends in `finished`.
-    pub fn cancel(&mut self, session: SessionId) -> bool {
-        let Some(i) = self.waiting.iter().position(|w| w.session == session) else {
-            return false;
-        };
-        if let Some(w) = self.waiting.remove(i) {
-            self.release(w.origin);
-        }
-        true
+    /// Forgets `session`'s waiting check (its connection is gone) and
+    /// gives back what was queued with it, if it was waiting; a running
+    /// check still ends in `finished`.
+    pub fn cancel(&mut self, session: SessionId) -> Option<T> {
+        let i = self.waiting.iter().position(|w| w.session == session)?;
+        let w = self.waiting.remove(i)?;
+        self.release(w.origin);
+        Some(w.item)
     }
 
     /// Takes every waiting check out (the server is stopping); running
@@ -522,7 +520,7 @@ mod tests {
         assert!(t.request(SessionId::next(), A, id("x"), ()).is_err());
         assert!(t.request(SessionId::next(), B, id("x"), ()).is_ok());
         // A cancelled one frees its place, and so does a finished one.
-        assert!(t.cancel(sessions[1]));
+        assert!(t.cancel(sessions[1]).is_some());
         assert!(t.request(SessionId::next(), A, id("x"), ()).is_ok());
         assert!(t.request(SessionId::next(), A, id("x"), ()).is_err());
         let r = t.next(t0).unwrap();
@@ -538,8 +536,8 @@ mod tests {
         let (gone, stays) = (SessionId::next(), SessionId::next());
         t.request(gone, A, id("x"), ()).unwrap();
         t.request(stays, A, id("x"), ()).unwrap();
-        assert!(t.cancel(gone));
-        assert!(!t.cancel(gone));
+        assert!(t.cancel(gone).is_some());
+        assert!(t.cancel(gone).is_none());
         assert_eq!(t.next(t0).unwrap().session, stays);
         assert!(t.next(t0).is_none());
         assert_eq!(t.wake_at(t0), None);

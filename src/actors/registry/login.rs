@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::{Online, Registry};
-use crate::actors::messages::{Disconnect, Login, SessionId, ToSession};
+use crate::actors::messages::{Disconnect, InputEnded, Login, SessionId, ToSession};
 use crate::actors::throttle::{Origin, Ready, Throttle, MAX_IN_PROGRESS_PER_ORIGIN};
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
@@ -22,7 +22,14 @@ pub(super) struct Auth {
     pub(super) throttle: Throttle<Attempt>,
     /// The timer that starts the check whose wait ends first, and when.
     pub(super) wake: Option<(Instant, SpawnHandle)>,
+    /// Logins refused for the in-progress cap since the last log line, and
+    /// when that line was written (one line per 10 s, not one per refusal:
+    /// an attack would flood the log).
+    pub(super) over_cap: (u64, Option<Instant>),
 }
+
+/// How often refusals for the in-progress cap are logged, at most.
+const OVER_CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A login whose secret waits to be checked.
 pub(super) struct Attempt {
@@ -83,10 +90,16 @@ impl Handler<Login> for Registry {
                 self.start_checks(ctx);
             }
             Err(attempt) => {
-                log::warn!(
-                    "refused login as {id} from {}: {MAX_IN_PROGRESS_PER_ORIGIN} logins already in progress from its address",
-                    attempt.peer
-                );
+                let (refused, last) = &mut auth.over_cap;
+                *refused += 1;
+                if last.is_none_or(|t| t.elapsed() >= OVER_CAP_LOG_EVERY) {
+                    log::warn!(
+                        "refused login as {id} from {}: {MAX_IN_PROGRESS_PER_ORIGIN} logins already in progress from its address ({refused} such refusal(s) since the last line)",
+                        attempt.peer
+                    );
+                    *refused = 0;
+                    *last = Some(Instant::now());
+                }
                 attempt.to.do_send(ToSession::LoginRefused(
                     FrameError::new(
                         ErrorCode::Limit,
@@ -96,6 +109,33 @@ impl Handler<Login> for Registry {
                 ));
             }
         }
+    }
+}
+
+impl Handler<InputEnded> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: InputEnded, _: &mut Self::Context) {
+        let Some(attempt) = self
+            .auth
+            .as_mut()
+            .and_then(|a| a.throttle.cancel(msg.session))
+        else {
+            // Not waiting: checked already, being checked, or no secrets.
+            return;
+        };
+        self.authenticating.remove(&msg.session);
+        log::info!(
+            "{}: input ended while its LOGIN waited for a secret check; refused unchecked",
+            attempt.peer
+        );
+        attempt.to.do_send(ToSession::LoginRefused(
+            FrameError::new(
+                ErrorCode::Limit,
+                "input ended before the secret could be checked",
+            ),
+            ByeReason::Limit,
+        ));
     }
 }
 

@@ -213,6 +213,7 @@ impl Registry {
             verifier,
             throttle: Throttle::new(VERIFIER_THREADS),
             wake: None,
+            over_cap: (0, None),
         });
         self
     }
