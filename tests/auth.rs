@@ -6,27 +6,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Conn, Server, DEADLINE};
+use common::{hash_line, Conn, Server, DEADLINE};
 use tokio::io::BufReader;
 use tokio::net::TcpSocket;
-
-/// `server hash-secret --client-id ID` with `secret` on stdin.
-fn hash_line(id: &str, secret: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["hash-secret", "--client-id", id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn secrets_file(dir: &tempfile::TempDir, lines: &[String]) -> String {
     let path = dir.path().join("secrets");

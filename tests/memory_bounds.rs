@@ -197,27 +197,12 @@ async fn many_messages_to_stalled_readers_keep_memory_bounded() {
     assert!(max < MAX_RSS_ANON_KIB, "{max} KiB");
 }
 
-/// `server hash-secret --client-id ID` with `secret` on stdin.
-fn hash_line(id: &str, secret: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["hash-secret", "--client-id", id])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test]
 async fn a_flood_behind_a_refused_login_keeps_memory_bounded() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
-    std::fs::write(&secrets, hash_line("1", "right") + "\n").unwrap();
+    std::fs::write(&secrets, common::hash_line("1", "right") + "\n").unwrap();
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     let s = Server::start(&["--memory", "--secrets-file", secrets.to_str().unwrap()]);
     let pid = s.child.id();

@@ -205,23 +205,13 @@ async fn under_a_low_open_file_limit_every_connection_is_welcomed_or_refused() {
 #[tokio::test]
 async fn secrets_never_reach_the_log_even_at_debug() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = |id: &str, secret: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["hash-secret", "--client-id", id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    };
     let file = dir.path().join("secrets");
     std::fs::write(
         &file,
-        hash("1", "right-horse-staple") + &hash("2", "other-battery"),
+        common::hash_line("1", "right-horse-staple")
+            + "\n"
+            + &common::hash_line("2", "other-battery")
+            + "\n",
     )
     .unwrap();
     let mut cmd = Command::new("sh");

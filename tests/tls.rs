@@ -7,29 +7,11 @@ use std::io::Write;
 use std::process::Stdio;
 
 use common::{Server, DEADLINE};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-/// Writes ca.pem, server.pem and server.key into `dir`; returns their paths.
+/// A private CA and a server certificate for 127.0.0.1 and localhost, as
+/// `tag`-ca.pem, `tag`-server.pem and `tag`-server.key in `dir`.
 fn make_certs(dir: &std::path::Path, tag: &str) -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let path = |name: &str| {
-        dir.join(format!("{tag}-{name}"))
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("server.pem"), cert.pem()).unwrap();
-    std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
-    (path("ca.pem"), path("server.pem"), path("server.key"))
+    common::make_certs_for(dir, tag, &["localhost", "127.0.0.1"])
 }
 
 /// An in-memory server for `ids` speaking TLS with `cert` and `key`.

@@ -402,3 +402,19 @@ impl Fake {
         (n > 0).then(|| buf.trim_end().to_owned())
     }
 }
+
+/// `server hash-secret --client-id ID` with `secret` on stdin: one
+/// `id:hash` line for a secrets file.
+pub fn hash_line(id: &str, secret: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["hash-secret", "--client-id", id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
