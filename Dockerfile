@@ -15,13 +15,14 @@ WORKDIR /src
 # The dependencies first, in a layer of their own: the manifest and lock file
 # with empty stand-ins for the crate's targets, so that a change under src/
 # does not rebuild them. Cargo.toml names benches/codec.rs, so it must exist.
+# --no-default-features leaves out the load generator's dependencies.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin benches \
     && touch src/lib.rs \
     && echo 'fn main() {}' >src/bin/server.rs \
     && echo 'fn main() {}' >src/bin/client.rs \
     && echo 'fn main() {}' >benches/codec.rs \
-    && cargo build --release --locked --bin server --bin client \
+    && cargo build --release --locked --no-default-features --bin server --bin client \
     && rm -rf src benches
 
 # Then the crate itself. COPY keeps the files' modification times, which can
@@ -30,7 +31,7 @@ RUN mkdir -p src/bin benches \
 COPY src ./src
 COPY benches ./benches
 RUN find src benches -name '*.rs' -exec touch {} + \
-    && cargo build --release --locked --bin server --bin client
+    && cargo build --release --locked --no-default-features --bin server --bin client
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
