@@ -308,3 +308,47 @@ async fn the_server_rides_out_a_kill_9_of_postgresql() {
         .collect();
     assert_eq!(got, confirmed);
 }
+
+#[tokio::test]
+async fn pipelined_sends_through_a_postgresql_kill_are_answered_truthfully() {
+    let mut pg = PgServer::start();
+    let url = pg.new_database();
+    let s = on_pg(&url, "w,r");
+    let (mut w, _) = s.login("w").await;
+    let n = 3000;
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("SEND line {i}\n"));
+    }
+    w.send_raw(batch.as_bytes()).await;
+    let mut answers = Vec::with_capacity(n);
+    // Kill PostgreSQL while the batches are being committed.
+    for _ in 0..300 {
+        answers.push(answer(&mut w).await);
+    }
+    pg.kill9();
+    pg.run();
+    while answers.len() < n {
+        answers.push(answer(&mut w).await);
+    }
+    let confirmed: Vec<(u64, String)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.as_ref().ok().map(|seq| (*seq, format!("line {i}"))))
+        .collect();
+    assert!(confirmed.len() >= 300);
+    // Dense numbering, in the order sent.
+    for (k, (seq, _)) in confirmed.iter().enumerate() {
+        assert_eq!(*seq, k as u64 + 1);
+    }
+    // Everything confirmed is stored, and nothing refused is.
+    let (mut r, pending) = s.login("r").await;
+    assert_eq!(pending as usize, confirmed.len());
+    let got: Vec<(u64, String)> = r
+        .msgs(confirmed.len())
+        .await
+        .into_iter()
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    assert_eq!(got, confirmed);
+}
