@@ -162,14 +162,11 @@ impl PostgresStore {
             let wait = self.retry_at.saturating_duration_since(Instant::now());
             std::thread::sleep(wait);
             let answer = self.conn().and_then(|c| {
-                c.query_one("SELECT last FROM counter", &[])
-                    .map_err(StoreError::from)
+                let row = c.query_one("SELECT last FROM counter", &[])?;
+                Ok(row.try_get::<_, i64>(0)?)
             });
             match answer {
-                Ok(row) => {
-                    let stored: i64 = row.get(0);
-                    return stored >= last.0 as i64;
-                }
+                Ok(stored) => return stored >= last.0 as i64,
                 Err(_) => {
                     self.client = None;
                     if self.retry_at <= Instant::now() {
@@ -278,11 +275,13 @@ fn seq_of(v: i64) -> Seq {
 impl Store for PostgresStore {
     fn recover(&mut self) -> Result<Recovered, StoreError> {
         let conn = self.conn()?;
-        let head: i64 = conn.query_one("SELECT last FROM counter", &[])?.get(0);
+        let head: i64 = conn
+            .query_one("SELECT last FROM counter", &[])?
+            .try_get(0)?;
         let mut acks = HashMap::new();
         for row in conn.query("SELECT client_id, last_ack FROM acks", &[])? {
-            let id = ClientId::new(row.get::<_, &str>(0)).map_err(|_| corrupt("client id"))?;
-            acks.insert(id, seq_of(row.get(1)));
+            let id = ClientId::new(row.try_get::<_, &str>(0)?).map_err(|_| corrupt("client id"))?;
+            acks.insert(id, seq_of(row.try_get(1)?));
         }
         let mut mids = Vec::new();
         for row in conn.query(
@@ -290,10 +289,11 @@ impl Store for PostgresStore {
             &[],
         )? {
             mids.push(MidRecord {
-                client: ClientId::new(row.get::<_, &str>(0)).map_err(|_| corrupt("client id"))?,
-                mid: row.get(1),
-                seq: seq_of(row.get(2)),
-                unix_ms: row.get::<_, i64>(3).max(0) as u64,
+                client: ClientId::new(row.try_get::<_, &str>(0)?)
+                    .map_err(|_| corrupt("client id"))?,
+                mid: row.try_get(1)?,
+                seq: seq_of(row.try_get(2)?),
+                unix_ms: row.try_get::<_, i64>(3)?.max(0) as u64,
             });
         }
         Ok(Recovered {
@@ -379,7 +379,7 @@ impl Store for PostgresStore {
             let mut frames = bytes::BytesMut::with_capacity(max_bytes.min(256 * 1024));
             let mut bytes = 0;
             while let Some(row) = rows.next()? {
-                let sender: &str = row.get(2);
+                let sender: &str = row.try_get(2)?;
                 let from = match &last_sender {
                     Some(id) if id.as_str() == sender => id.clone(),
                     _ => {
@@ -388,11 +388,11 @@ impl Store for PostgresStore {
                         id
                     }
                 };
-                let text: &[u8] = row.get(3);
+                let text: &[u8] = row.try_get(3)?;
                 let m = Message::new_in(
                     &mut frames,
-                    seq_of(row.get(0)),
-                    row.get::<_, i64>(1).max(0) as u64,
+                    seq_of(row.try_get(0)?),
+                    row.try_get::<_, i64>(1)?.max(0) as u64,
                     from,
                     text,
                 );
@@ -423,7 +423,11 @@ impl Store for PostgresStore {
              ORDER BY seq LIMIT 1",
             &[&(after.0 as i64), &(upto.0 as i64), &sender.as_str()],
         );
-        Ok(self.check(r)?.map(|row| seq_of(row.get(0))))
+        Ok(self
+            .check(r)?
+            .map(|row| row.try_get(0))
+            .transpose()?
+            .map(seq_of))
     }
 
     fn count_from_others(
@@ -436,7 +440,7 @@ impl Store for PostgresStore {
             "SELECT count(*) FROM messages WHERE seq > $1 AND seq <= $2 AND sender <> $3",
             &[&(after.0 as i64), &(upto.0 as i64), &reader.as_str()],
         );
-        let n: i64 = self.check(r)?.get(0);
+        let n: i64 = self.check(r)?.try_get(0)?;
         Ok(n.max(0) as u64)
     }
 

@@ -43,7 +43,7 @@ const SCHEMA: &str = "
 pub(super) fn take_node_lock(client: &mut Client) -> Result<(), StoreError> {
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])?
-        .get(0);
+        .try_get(0)?;
     if got {
         Ok(())
     } else {
@@ -58,11 +58,12 @@ pub(super) fn init_schema(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction()?;
     let has_meta: bool = tx
         .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
-        .get(0);
+        .try_get(0)?;
     if has_meta {
         let version: Option<i64> = tx
             .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
-            .map(|r| r.get(0));
+            .map(|r| r.try_get(0))
+            .transpose()?;
         match version {
             Some(SCHEMA_VERSION) => {}
             Some(v) if v > SCHEMA_VERSION => {
