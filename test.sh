@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check the project has: formatting, lints, unit and integration tests,
+# Every check the project has: formatting, lints, unit and integration tests
+# (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh),
 # the Docker image (built, its scenario tests run, a server container on a
 # volume stopped and restarted; see scripts/docker-test.sh), and the four
 # end-to-end scenarios over the real binaries.
@@ -12,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== PostgreSQL 15 for tests/postgres.rs (installed with apt-get when missing)"
+scripts/ensure-postgres.sh
 echo "== cargo test"
 cargo test --locked
 echo "== docker (the image; the host's client is the debug one cargo test just built)"

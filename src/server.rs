@@ -13,7 +13,7 @@ use crate::actors::messages::Shutdown;
 use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
 use crate::net::transport::{accept_tls, Connection};
-use crate::store::{MemoryStore, SqliteStore, Store, StoreActor, SyncPolicy};
+use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
 
 /// Where the broker keeps its log.
@@ -27,6 +27,11 @@ pub enum StorageConfig {
         dir: std::path::PathBuf,
         /// When a commit reaches the disk.
         sync: SyncPolicy,
+    },
+    /// The PostgreSQL database at `url`, for this one node.
+    Postgres {
+        /// `postgres://…` (may hold a password: never logged).
+        url: String,
     },
 }
 
@@ -62,6 +67,7 @@ fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
     match config {
         StorageConfig::Memory => Ok(Box::new(MemoryStore::new())),
         StorageConfig::Durable { dir, sync } => Ok(Box::new(SqliteStore::open(dir, *sync)?)),
+        StorageConfig::Postgres { url } => Ok(Box::new(PostgresStore::open(url)?)),
     }
 }
 
@@ -269,8 +275,21 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let local = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    let mut store = open_store(&config.storage)?;
-    let recovered = store.recover().context("cannot read the store")?;
+    // On a thread of its own: a database client blocks, and must never
+    // block (or nest a runtime in) this event loop.
+    let opened = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<(Box<dyn Store>, _)> {
+                let mut store = open_store(&config.storage)?;
+                let recovered = store.recover().context("cannot read the store")?;
+                Ok((store, recovered))
+            })
+            .join()
+    });
+    let (store, recovered) = match opened {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("opening the store failed unexpectedly"),
+    };
     log::info!(
         "store holds messages up to seq {} and cursors of {} client id(s)",
         recovered.head,

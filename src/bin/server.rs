@@ -68,6 +68,17 @@ struct Args {
     #[arg(long, conflicts_with_all = ["data_dir", "sync"])]
     memory: bool,
 
+    /// Keep everything in this PostgreSQL database (`postgres://…`) instead
+    /// of in --data-dir; one server per database for now.
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        conflicts_with_all = ["data_dir", "sync", "memory"]
+    )]
+    database_url: Option<String>,
+
     /// Which fully acknowledged messages to keep: `all`, or a number N to
     /// delete messages every allowed id has acknowledged except the newest N.
     #[arg(long, default_value = "all", value_name = "all|N")]
@@ -337,7 +348,9 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let storage = if args.memory {
+    let storage = if let Some(url) = args.database_url {
+        StorageConfig::Postgres { url }
+    } else if args.memory {
         StorageConfig::Memory
     } else {
         StorageConfig::Durable {

@@ -15,9 +15,11 @@ use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, SyncPolicy};
 
 /// Why the store could not do what was asked.
