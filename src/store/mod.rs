@@ -38,6 +38,10 @@ pub enum StoreError {
     /// The data found is not something this version can use.
     #[error("incompatible data: {0}")]
     Incompatible(String),
+    /// The store cannot be reached right now (a database connection is
+    /// down): nothing was done, and the same request may succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A message id a client sent with a stored message (`@mid=…`), kept so a

@@ -13,6 +13,10 @@ use crate::net::{ErrorCode, FrameError, Message};
 use crate::store::{Append, ForgetMids, MidRecord, StoreError};
 use crate::types::{unix_ms_now, ClientId, Seq};
 
+/// How long a commit waits before trying an unavailable store again (the
+/// store has a backoff of its own for reconnecting).
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A `SEND` waiting for the next append.
 pub(super) struct PendingSend {
     session: SessionId,
@@ -106,11 +110,53 @@ impl Registry {
                 });
                 match res {
                     Ok(stored) => act.on_committed(batch, stored, ctx),
+                    Err(StoreError::Unavailable(e)) => {
+                        return act.on_store_unavailable(batch, e, ctx)
+                    }
                     Err(e) => act.on_commit_failed(batch, e),
                 }
                 act.commit(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// The store could not be reached and stored nothing. The batch is not
+    /// refused (a resend would be stored once the store is back, so an
+    /// `ERR` would make a client drop a line for nothing): it goes back to
+    /// the head of the queue and the commit is tried again after
+    /// [`STORE_RETRY`], its `SEND`s unanswered meanwhile (and the senders'
+    /// reading paused once their bounds fill). During a stop it is dropped
+    /// unanswered instead; the clients resend it after `BYE shutdown`.
+    fn on_store_unavailable(
+        &mut self,
+        batch: Vec<PendingSend>,
+        e: String,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.shutting_down {
+            log::warn!(
+                "store unavailable during the stop ({e}); {} SEND(s) left unanswered for their clients to resend",
+                batch.len()
+            );
+            for p in &batch {
+                if let (false, Some(mid)) = (p.dup, &p.mid) {
+                    self.inflight_mids.remove(&(p.from.clone(), mid.clone()));
+                }
+            }
+            self.commit(ctx);
+            return;
+        }
+        log::warn!(
+            "store unavailable ({e}); {} SEND(s) wait unanswered, trying again in {} ms",
+            batch.len(),
+            STORE_RETRY.as_millis()
+        );
+        self.pending.splice(0..0, batch);
+        self.committing = true;
+        ctx.run_later(STORE_RETRY, |act, ctx| {
+            act.committing = false;
+            act.commit(ctx);
+        });
     }
 
     /// Takes the next batch off the queue: at most `max_batch` `SEND`s and

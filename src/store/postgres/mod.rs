@@ -114,7 +114,7 @@ impl PostgresStore {
         }
         if self.client.is_none() {
             if Instant::now() < self.retry_at {
-                return Err(StoreError::Engine(
+                return Err(StoreError::Unavailable(
                     "the database is unreachable; retrying".into(),
                 ));
             }
@@ -131,13 +131,13 @@ impl PostgresStore {
                     self.retry_at = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     log::warn!("cannot reconnect to the database: {e}");
-                    return Err(e);
+                    return Err(StoreError::Unavailable(e.to_string()));
                 }
             }
         }
         self.client
             .as_mut()
-            .ok_or_else(|| StoreError::Engine("the database is unreachable".into()))
+            .ok_or_else(|| StoreError::Unavailable("the database is unreachable".into()))
     }
 
     /// Passes `r` on, dropping the connection when the error broke it.
@@ -148,7 +148,11 @@ impl PostgresStore {
             if broken && self.client.take().is_some() {
                 log::warn!("lost the database connection: {}", one_line(&e));
             }
-            StoreError::from(e)
+            if broken {
+                StoreError::Unavailable(one_line(&e))
+            } else {
+                StoreError::from(e)
+            }
         })
     }
 
@@ -352,7 +356,7 @@ impl Store for PostgresStore {
                     Ok(())
                 } else {
                     log::warn!("the interrupted commit was not applied");
-                    Err(StoreError::Engine(reason))
+                    Err(StoreError::Unavailable(reason))
                 }
             }
         }
