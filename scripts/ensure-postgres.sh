@@ -16,14 +16,14 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 echo "installing PostgreSQL 15 (for tests/postgres.rs)"
-mkdir -p /etc/postgresql-common
-conf=/etc/postgresql-common/createcluster.conf
-if ! grep -qs '^create_main_cluster *= *false' "$conf"; then
-    echo "create_main_cluster = false" >>"$conf"
-fi
+# A drop-in that createcluster.conf includes, not the conffile itself, so
+# that dpkg has no conffile of its own to ask about.
+mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/no-main-cluster.conf
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq postgresql-15 >/dev/null
+apt-get install -y -qq -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    postgresql-15 >/dev/null
 # A package that made a cluster anyway: stop and drop it.
 if command -v pg_lsclusters >/dev/null; then
     pg_lsclusters --no-header 2>/dev/null | while read -r ver name _; do
