@@ -35,17 +35,7 @@ async fn confirmed_messages_survive_kill_9_and_numbering_continues() {
     kill9(s);
 
     let s = durable(dir.path(), "w,r", &[]);
-    let (mut r, pending) = s.login("r").await;
-    assert_eq!(pending, 2000);
-    for (i, (seq, from, text)) in r.msgs(2000).await.into_iter().enumerate() {
-        assert_eq!(
-            (seq, from.as_str(), text),
-            (i as u64 + 1, "w", format!("m{i}"))
-        );
-    }
-    let (mut w, _) = s.login("w").await;
-    w.send("SEND after the crash").await;
-    assert_eq!(w.line().await, "SENT 2001");
+    common::assert_2000_survived(&s).await;
 }
 
 #[tokio::test]

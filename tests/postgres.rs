@@ -7,10 +7,9 @@ mod common;
 #[path = "common/pg.rs"]
 mod pg;
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, DEADLINE};
+use common::{assert_one_line_failure, failed_start, Server};
 use herald::net::Message;
 use herald::store::{MidRecord, PostgresStore, Store};
 use herald::types::{ClientId, Seq};
@@ -118,33 +117,6 @@ fn pruning_keeps_the_numbering() {
     s.append(&[msg(4, "a", "w")], &[]).unwrap();
 }
 
-/// Runs the server with `args` and waits (bounded) for it to exit.
-fn failed_start(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(args)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the server did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn assert_one_line_failure(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
-    assert!(out.stdout.is_empty());
-}
-
 #[test]
 fn an_unreachable_database_fails_the_start_with_one_line() {
     // A port nobody listens on.
@@ -241,17 +213,7 @@ async fn confirmed_messages_survive_kill_9_of_the_server() {
     s.child.wait().unwrap();
 
     let s = on_pg(&url, "w,r");
-    let (mut r, pending) = s.login("r").await;
-    assert_eq!(pending, 2000);
-    for (i, (seq, from, text)) in r.msgs(2000).await.into_iter().enumerate() {
-        assert_eq!(
-            (seq, from.as_str(), text),
-            (i as u64 + 1, "w", format!("m{i}"))
-        );
-    }
-    let (mut w, _) = s.login("w").await;
-    w.send("SEND after the crash").await;
-    assert_eq!(w.line().await, "SENT 2001");
+    common::assert_2000_survived(&s).await;
 }
 
 /// Reads `SENT n` or `ERR …` for one `SEND`.

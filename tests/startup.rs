@@ -5,41 +5,10 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{Server, DEADLINE};
-
-/// Runs the server with `args` at `RUST_LOG=level` and waits (bounded) for
-/// it to exit.
-fn failed_start(args: &[&str], level: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(args)
-        .env("RUST_LOG", level)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the server did not exit");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn assert_one_line_failure(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
-    assert!(
-        out.stdout.is_empty(),
-        "{:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
+use common::{assert_one_line_failure, failed_start, Server, DEADLINE};
 
 #[test]
 fn a_port_in_use_fails_with_exactly_one_line() {
@@ -57,10 +26,13 @@ fn a_port_in_use_fails_with_exactly_one_line() {
                 "--data-dir",
                 data.to_str().unwrap(),
             ],
-            level,
+            &[("RUST_LOG", level)],
         );
         assert_one_line_failure(&out, &port);
-        let out = failed_start(&["--client-ids", "1", "--port", &port, "--memory"], level);
+        let out = failed_start(
+            &["--client-ids", "1", "--port", &port, "--memory"],
+            &[("RUST_LOG", level)],
+        );
         assert_one_line_failure(&out, "in use");
     }
 }
@@ -73,7 +45,7 @@ fn a_bad_data_dir_fails_with_exactly_one_line() {
     for level in ["info", "debug"] {
         let out = failed_start(
             &["--client-ids", "1", "--data-dir", file.to_str().unwrap()],
-            level,
+            &[("RUST_LOG", level)],
         );
         assert_one_line_failure(&out, "not a directory");
     }
@@ -82,7 +54,7 @@ fn a_bad_data_dir_fails_with_exactly_one_line() {
     let _running = Server::durable_on(&data, 0, "1");
     let out = failed_start(
         &["--client-ids", "1", "--data-dir", data.to_str().unwrap()],
-        "info",
+        &[],
     );
     assert_one_line_failure(&out, "in use by another server");
 }

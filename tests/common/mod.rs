@@ -418,3 +418,56 @@ pub fn hash_line(id: &str, secret: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// Runs the server with `args` (at `RUST_LOG=info`, then `env`) and waits,
+/// bounded, for it to exit: for starts that must fail.
+pub fn failed_start(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A failed start as the CLI contract says: exit 1, nothing on stdout, and
+/// exactly one line on stderr, `error: …` holding `needle`.
+pub fn assert_one_line_failure(out: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// After a crash following 2,000 `SEND`s `m0`…`m1999` from `w`: `r` gets
+/// all of them in order, and `w`'s next `SEND` is seq 2001.
+pub async fn assert_2000_survived(s: &Server) {
+    let (mut r, pending) = s.login("r").await;
+    assert_eq!(pending, 2000);
+    for (i, (seq, from, text)) in r.msgs(2000).await.into_iter().enumerate() {
+        assert_eq!(
+            (seq, from.as_str(), text),
+            (i as u64 + 1, "w", format!("m{i}"))
+        );
+    }
+    let (mut w, _) = s.login("w").await;
+    w.send("SEND after the crash").await;
+    assert_eq!(w.line().await, "SENT 2001");
+}
