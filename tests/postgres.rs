@@ -228,6 +228,19 @@ async fn answer(c: &mut common::Conn) -> Result<u64, String> {
     }
 }
 
+/// `r` logs in and is owed exactly `confirmed` (seq, text), in order.
+async fn assert_backlog_is(s: &Server, confirmed: &[(u64, String)]) {
+    let (mut r, pending) = s.login("r").await;
+    assert_eq!(pending as usize, confirmed.len());
+    let got: Vec<(u64, String)> = r
+        .msgs(confirmed.len())
+        .await
+        .into_iter()
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    assert_eq!(got, confirmed);
+}
+
 #[tokio::test]
 async fn the_server_rides_out_a_kill_9_of_postgresql() {
     let mut pg = PgServer::start();
@@ -256,15 +269,7 @@ async fn the_server_rides_out_a_kill_9_of_postgresql() {
     confirmed.push((seq, "while down".to_owned()));
     w.send("SEND after").await;
     confirmed.push((answer(&mut w).await.unwrap(), "after".to_owned()));
-    let (mut r, pending) = s.login("r").await;
-    assert_eq!(pending as usize, confirmed.len());
-    let got: Vec<(u64, String)> = r
-        .msgs(confirmed.len())
-        .await
-        .into_iter()
-        .map(|(seq, _, text)| (seq, text))
-        .collect();
-    assert_eq!(got, confirmed);
+    assert_backlog_is(&s, &confirmed).await;
 }
 
 #[tokio::test]
@@ -300,13 +305,5 @@ async fn pipelined_sends_through_a_postgresql_kill_are_answered_truthfully() {
         assert_eq!(*seq, k as u64 + 1);
     }
     // Everything confirmed is stored, and nothing refused is.
-    let (mut r, pending) = s.login("r").await;
-    assert_eq!(pending as usize, confirmed.len());
-    let got: Vec<(u64, String)> = r
-        .msgs(confirmed.len())
-        .await
-        .into_iter()
-        .map(|(seq, _, text)| (seq, text))
-        .collect();
-    assert_eq!(got, confirmed);
+    assert_backlog_is(&s, &confirmed).await;
 }
