@@ -39,6 +39,86 @@ fn fanout_counts_every_delivery() {
     assert_eq!(r["sends"], 200);
     assert_eq!(r["deliveries"], 4 * 3 * 50);
     assert!(r["latency_us_p99"].as_u64().unwrap() >= r["latency_us_p50"].as_u64().unwrap());
+    assert_eq!(r["nodes"], 1);
+    assert_eq!(r["cross_node_deliveries"], 0);
+    assert!(r["cross_node_latency_us_p50"].is_null());
+}
+
+/// Runs `bench --json ARGS` (which name their servers) and parses its one
+/// JSON line.
+fn bench_args(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+#[test]
+fn servers_deal_clients_over_the_nodes_and_count_cross_node_deliveries() {
+    // Two entries for one server (two names of loopback): two nodes as far
+    // as the load generator can tell.
+    let s = Server::start(&["--memory", "--client-ids", &ids()]);
+    let list = format!("127.0.0.1:{0},localhost:{0}", s.port);
+    let r = bench_args(&[
+        "fanout",
+        "--servers",
+        &list,
+        "--clients",
+        "4",
+        "--messages",
+        "50",
+        "--window",
+        "8",
+    ]);
+    assert_eq!(r["workload"], "fanout");
+    assert_eq!(r["sends"], 200);
+    assert_eq!(r["deliveries"], 4 * 3 * 50);
+    assert_eq!(r["nodes"], 2);
+    // bench-0 and bench-2 on the first entry, bench-1 and bench-3 on the
+    // second: each receiver has two senders on the other one.
+    assert_eq!(r["cross_node_deliveries"], 4 * 2 * 50);
+    let p50 = r["cross_node_latency_us_p50"].as_u64().unwrap();
+    let p99 = r["cross_node_latency_us_p99"].as_u64().unwrap();
+    assert!(p50 >= 1 && p99 >= p50, "{r}");
+    assert!(r["cross_node_deliveries_per_sec"].as_f64().unwrap() > 0.0);
+
+    // catchup fills through the first entry and drains through the second
+    // (on a fresh server: bench-r must have nothing pending).
+    drop(s);
+    let s = Server::start(&["--memory", "--client-ids", &ids()]);
+    let list = format!("127.0.0.1:{0},localhost:{0}", s.port);
+    let r = bench_args(&["--servers", &list, "catchup", "--messages", "100"]);
+    assert_eq!(r["workload"], "catchup");
+    assert_eq!(r["opts"]["messages"], 100);
+}
+
+#[test]
+fn servers_with_server_ip_or_port_is_a_usage_error() {
+    for extra in [["--port", "5000"], ["--server-ip", "127.0.0.1"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args(["--servers", "127.0.0.1:5000,127.0.0.1:5001"])
+            .args(extra)
+            .args(["fanout", "--clients", "2", "--messages", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--servers"), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--servers", "127.0.0.1:5000,nowhere", "fanout"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'nowhere' has no port"));
 }
 
 #[test]

@@ -7,12 +7,19 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
+// The client's `--servers` parser, so both programs read a list alike (the
+// client's failover rotation in it is not used here).
+#[allow(dead_code)]
+#[path = "../client/servers.rs"]
+mod servers;
 mod workloads;
 
+use servers::NodeList;
 use workloads as bench;
-use workloads::{CatchupOpts, LoadOpts};
+use workloads::{CatchupOpts, LoadOpts, Nodes};
 
 /// Herald load generator: measures a running Herald server (it is not a
 /// server itself) over ordinary protocol connections.
@@ -25,6 +32,12 @@ use workloads::{CatchupOpts, LoadOpts};
 /// workload wants a fresh server (or fresh ids): it refuses to run when its
 /// ids have old messages pending, and catchup in particular needs bench-r
 /// to have nothing pending before it fills.
+///
+/// With --servers the clients are dealt round-robin over the nodes of a
+/// cluster (client number i on node i mod n: bench-0 on the first, bench-1
+/// on the second, …; catchup fills through the first and drains through the
+/// second), and fanout and durable also report the latency of deliveries
+/// whose receiver is on another node than their sender.
 #[derive(Parser, Debug)]
 #[command(name = "bench", version)]
 struct Args {
@@ -34,6 +47,12 @@ struct Args {
     /// Server port.
     #[arg(long, default_value_t = 5000, global = true)]
     port: u16,
+    /// The nodes of a cluster, `host:port,host:port…` (IPv6 as
+    /// `[addr]:port`), instead of --server-ip/--port: clients are dealt
+    /// round-robin over them.
+    #[arg(long, value_name = "LIST", global = true, value_parser = servers::parse_list,
+          conflicts_with_all = ["server_ip", "port"])]
+    servers: Option<NodeList>,
     /// Print one JSON object per run instead of the human summary.
     #[arg(long, global = true)]
     json: bool,
@@ -145,8 +164,52 @@ fn emit(
     Ok(())
 }
 
+/// The nodes from the flags: --servers, else --server-ip and --port.
+fn nodes(args: &Args) -> anyhow::Result<Nodes> {
+    let list = match &args.servers {
+        Some(list) => list.0.iter().map(|n| (n.host.clone(), n.port)).collect(),
+        None => vec![(args.server_ip.clone(), args.port)],
+    };
+    Nodes::new(list).context("--servers names no server")
+}
+
+/// The fanout/durable summary line; with several nodes it adds the
+/// deliveries between nodes and their latency.
+fn load_summary(name: &str, r: &bench::LoadReport) -> String {
+    let o = &r.opts;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut line = format!(
+        "{name}: {} clients x {} msgs of {} B, window {}: \
+         {:.0} deliveries/s, {:.0} sends/s in {:.3} s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        o.clients,
+        o.messages,
+        o.size,
+        o.window,
+        r.deliveries_per_sec,
+        r.sends_per_sec,
+        r.seconds,
+        ms(r.latency_us_p50),
+        ms(r.latency_us_p99),
+        ms(r.latency_us_max)
+    );
+    if r.nodes > 1 {
+        line += &format!(
+            "\n  over {} nodes: {:.0} cross-node deliveries/s",
+            r.nodes, r.cross_node_deliveries_per_sec
+        );
+        if let (Some(p50), Some(p99)) = (r.cross_node_latency_us_p50, r.cross_node_latency_us_p99) {
+            line += &format!(
+                ", cross-node latency p50 {:.2} ms, p99 {:.2} ms",
+                ms(p50),
+                ms(p99)
+            );
+        }
+    }
+    line
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let addr = (args.server_ip.clone(), args.port);
+    let addr = nodes(&args)?;
     let json = args.json;
     match args.workload {
         Workload::Fanout {
@@ -171,17 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let r = bench::load(&addr, opts).await?;
             let name = if fanout { "fanout" } else { "durable" };
-            let human = format!(
-                "{name}: {clients} clients x {messages} msgs of {size} B, window {window}: \
-                 {:.0} deliveries/s, {:.0} sends/s in {:.3} s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                r.deliveries_per_sec,
-                r.sends_per_sec,
-                r.seconds,
-                r.latency_us_p50 as f64 / 1000.0,
-                r.latency_us_p99 as f64 / 1000.0,
-                r.latency_us_max as f64 / 1000.0
-            );
-            emit(json, name, &r, human)?;
+            emit(json, name, &r, load_summary(name, &r))?;
         }
         Workload::Catchup {
             phase,

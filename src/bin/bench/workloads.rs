@@ -16,8 +16,32 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-/// Where the server is.
+/// Where one server is.
 pub type Addr = (String, u16);
+
+/// The servers a run spreads its clients over: the nodes of one broker (or
+/// one server, as a list of one). Client `i` of a workload connects to node
+/// `i mod n`, so clients are dealt round-robin.
+#[derive(Clone, Debug)]
+pub struct Nodes(Vec<Addr>);
+
+impl Nodes {
+    /// The nodes in list order; `None` for an empty list.
+    pub fn new(nodes: Vec<Addr>) -> Option<Nodes> {
+        (!nodes.is_empty()).then_some(Nodes(nodes))
+    }
+
+    /// How many nodes there are (at least 1).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The node of the workload's client number `client`.
+    pub fn of(&self, client: usize) -> &Addr {
+        // `new` refuses an empty list, so the modulus is never 0.
+        &self.0[client % self.0.len()]
+    }
+}
 
 /// Options of the `fanout` and `durable` workloads.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -55,6 +79,16 @@ pub struct LoadReport {
     pub latency_us_p99: u64,
     /// Highest latency, microseconds.
     pub latency_us_max: u64,
+    /// Nodes the clients were spread over (`--servers`; 1 for one server).
+    pub nodes: usize,
+    /// Deliveries whose receiver is on another node than their sender.
+    pub cross_node_deliveries: u64,
+    /// Those per second.
+    pub cross_node_deliveries_per_sec: f64,
+    /// Latency of those deliveries, microseconds (null without any).
+    pub cross_node_latency_us_p50: Option<u64>,
+    /// Its 99th percentile, microseconds (null without any).
+    pub cross_node_latency_us_p99: Option<u64>,
 }
 
 /// Options of the `catchup` workload.
@@ -169,17 +203,41 @@ fn progress_bar(
     })
 }
 
+/// The latencies one client (or a whole run) measured: of every delivery,
+/// and of those whose sender was on another node.
+struct Latencies {
+    all: Histogram<u64>,
+    cross_node: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> anyhow::Result<Latencies> {
+        Ok(Latencies {
+            all: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            cross_node: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+        })
+    }
+
+    fn add(&mut self, other: &Latencies) -> anyhow::Result<()> {
+        self.all.add(&other.all)?;
+        self.cross_node.add(&other.cross_node)?;
+        Ok(())
+    }
+}
+
 /// One client of a fanout/durable run: sends its messages (text
 /// `<micros since start> <k> xxx…`) and reads until its goal; checks that
 /// SENTs increase and that each sender's messages arrive complete and in
-/// order.
+/// order. `nodes` is how many nodes the clients are dealt over (client `i`
+/// on node `i mod nodes`), to tell cross-node deliveries apart.
 async fn client_run(
     conn: Conn,
     me: usize,
     opts: LoadOpts,
+    nodes: usize,
     start: Instant,
     progress: Arc<Progress>,
-) -> anyhow::Result<(u64, Histogram<u64>)> {
+) -> anyhow::Result<(u64, Latencies)> {
     let Conn {
         mut reader,
         mut writer,
@@ -220,7 +278,7 @@ async fn client_run(
         0
     };
     let mut next_k = vec![0u64; opts.clients];
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut lat = Latencies::new()?;
     let mut confirmed = 0usize;
     let mut last_sent = 0u64;
     let mut last_msg = 0u64;
@@ -267,7 +325,11 @@ async fn client_run(
             );
             next_k[from] += 1;
             deliveries += 1;
-            hist.saturating_record(now.saturating_sub(sent_at).max(1));
+            let latency = now.saturating_sub(sent_at).max(1);
+            lat.all.saturating_record(latency);
+            if from % nodes != me % nodes {
+                lat.cross_node.saturating_record(latency);
+            }
             if opts.wait_deliveries {
                 progress.done.fetch_add(1, Ordering::Relaxed);
             }
@@ -282,18 +344,18 @@ async fn client_run(
     writer
         .write_all(format!("ACK {last_msg}\nQUIT\n").as_bytes())
         .await?;
-    Ok((deliveries, hist))
+    Ok((deliveries, lat))
 }
 
 /// The `fanout` and `durable` workloads; see [`LoadOpts`].
-pub async fn load(addr: &Addr, opts: LoadOpts) -> anyhow::Result<LoadReport> {
+pub async fn load(nodes: &Nodes, opts: LoadOpts) -> anyhow::Result<LoadReport> {
     ensure!(
         opts.clients >= 1 && opts.messages >= 1,
         "need at least one client and one message"
     );
     let mut conns = Vec::new();
     for i in 0..opts.clients {
-        let (conn, pending) = login(addr, &format!("bench-{i}")).await?;
+        let (conn, pending) = login(nodes.of(i), &format!("bench-{i}")).await?;
         ensure!(
             pending == 0,
             "bench-{i} has {pending} old messages pending: use a fresh server"
@@ -322,20 +384,23 @@ pub async fn load(addr: &Addr, opts: LoadOpts) -> anyhow::Result<LoadReport> {
             conn,
             i,
             opts,
+            nodes.len(),
             start,
             progress.clone(),
         )));
     }
     let mut deliveries = 0;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut lat = Latencies::new()?;
     for t in tasks {
-        let (d, h) = t.await??;
+        let (d, l) = t.await??;
         deliveries += d;
-        hist.add(h)?;
+        lat.add(&l)?;
     }
     let seconds = start.elapsed().as_secs_f64();
     bar.abort();
     let sends = (opts.clients * opts.messages) as u64;
+    let cross = &lat.cross_node;
+    let cross_quantile = |q| (!cross.is_empty()).then(|| cross.value_at_quantile(q));
     Ok(LoadReport {
         opts,
         seconds,
@@ -343,16 +408,21 @@ pub async fn load(addr: &Addr, opts: LoadOpts) -> anyhow::Result<LoadReport> {
         deliveries,
         sends_per_sec: sends as f64 / seconds,
         deliveries_per_sec: deliveries as f64 / seconds,
-        latency_us_p50: hist.value_at_quantile(0.5),
-        latency_us_p99: hist.value_at_quantile(0.99),
-        latency_us_max: hist.max(),
+        latency_us_p50: lat.all.value_at_quantile(0.5),
+        latency_us_p99: lat.all.value_at_quantile(0.99),
+        latency_us_max: lat.all.max(),
+        nodes: nodes.len(),
+        cross_node_deliveries: cross.len(),
+        cross_node_deliveries_per_sec: cross.len() as f64 / seconds,
+        cross_node_latency_us_p50: cross_quantile(0.5),
+        cross_node_latency_us_p99: cross_quantile(0.99),
     })
 }
 
 /// First half of `catchup`: `bench-w` stores the backlog (and acknowledges
-/// nothing, `bench-r` being away).
-pub async fn fill(addr: &Addr, opts: CatchupOpts) -> anyhow::Result<()> {
-    let (mut w, _) = login(addr, "bench-w").await?;
+/// nothing, `bench-r` being away), through the first node.
+pub async fn fill(nodes: &Nodes, opts: CatchupOpts) -> anyhow::Result<()> {
+    let (mut w, _) = login(nodes.of(0), "bench-w").await?;
     let permits = opts.window.max(1);
     let pad = "x".repeat(opts.size.saturating_sub(8).max(1));
     let mut sent = 0;
@@ -380,11 +450,12 @@ pub async fn fill(addr: &Addr, opts: CatchupOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Second half of `catchup`: `bench-r` logs in and drains exactly
-/// `opts.messages` backlog messages, checking their order.
-pub async fn drain(addr: &Addr, opts: CatchupOpts) -> anyhow::Result<CatchupReport> {
+/// Second half of `catchup`: `bench-r` logs in, through the second node
+/// (the first when there is one), and drains exactly `opts.messages`
+/// backlog messages, checking their order.
+pub async fn drain(nodes: &Nodes, opts: CatchupOpts) -> anyhow::Result<CatchupReport> {
     let start = Instant::now();
-    let (mut r, pending) = login(addr, "bench-r").await?;
+    let (mut r, pending) = login(nodes.of(1), "bench-r").await?;
     ensure!(
         pending == opts.messages as u64,
         "bench-r has {pending} pending, expected {}: use a fresh server",
@@ -424,14 +495,20 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
-/// The `connections` workload: `count` idle clients (`idle-0` …) log in, then
-/// `bench-0` broadcasts one message; measures how long until all have it and,
-/// with `server_pid`, the server's memory per connection.
+/// The `connections` workload: `count` idle clients (`idle-0` …, dealt over
+/// the nodes) log in, then `bench-0` broadcasts one message through the
+/// first node; measures how long until all have it and, with `server_pid`
+/// (one server only), the server's memory per connection.
 pub async fn connections(
-    addr: &Addr,
+    nodes: &Nodes,
     count: usize,
     server_pid: Option<u32>,
 ) -> anyhow::Result<ConnectionsReport> {
+    ensure!(
+        server_pid.is_none() || nodes.len() == 1,
+        "--server-pid measures one server: give one server, not {} in --servers",
+        nodes.len()
+    );
     let limit = herald::cli::raise_fd_limit().context("cannot raise the open-file limit")?;
     ensure!(
         (count as u64) + 64 < limit,
@@ -444,7 +521,7 @@ pub async fn connections(
     // listen backlog, and a dropped SYN is retried only after a second.
     for first in (0..count).step_by(100) {
         let logins = (first..(first + 100).min(count)).map(|i| {
-            let addr = addr.clone();
+            let addr = nodes.of(i).clone();
             async move { login_with_buffer(&addr, &format!("idle-{i}"), 256).await }
         });
         for r in futures_join(logins).await {
@@ -459,7 +536,7 @@ pub async fn connections(
     let login_seconds = login_start.elapsed().as_secs_f64();
     let rss_after = server_pid.map(rss_bytes).transpose()?;
 
-    let (mut sender, _) = login(addr, "bench-0").await?;
+    let (mut sender, _) = login(nodes.of(0), "bench-0").await?;
     let start = Instant::now();
     sender.writer.write_all(b"SEND hello everyone\n").await?;
     let waits = conns.into_iter().map(|mut c| async move {
