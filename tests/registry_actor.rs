@@ -487,16 +487,16 @@ impl herald::store::Store for Shared {
     }
     fn append(
         &mut self,
-        batch: &[herald::Message],
-        mids: &[herald::store::MidRecord],
-    ) -> Result<(), herald::store::StoreError> {
-        self.0.lock().unwrap().append(batch, mids)
+        batch: &[herald::store::NewMessage],
+    ) -> Result<Vec<herald::store::Appended>, herald::store::StoreError> {
+        self.0.lock().unwrap().append(batch)
     }
     fn forget_mids(
         &mut self,
         cutoffs: &[(ClientId, Seq)],
+        policy: &herald::store::MidPolicy,
     ) -> Result<(), herald::store::StoreError> {
-        self.0.lock().unwrap().forget_mids(cutoffs)
+        self.0.lock().unwrap().forget_mids(cutoffs, policy)
     }
     fn read_after(
         &mut self,
