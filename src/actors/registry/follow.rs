@@ -130,6 +130,9 @@ impl Registry {
                 });
                 match res {
                     Ok(messages) => {
+                        if std::mem::take(&mut act.follow_failing) {
+                            log::info!("reading the log again after seq {}", act.head);
+                        }
                         let more = messages.len() >= max
                             || messages.iter().map(|m| m.frame().len()).sum::<usize>()
                                 >= FOLLOW_READ_BYTES;
@@ -139,8 +142,17 @@ impl Registry {
                             act.follow(ctx);
                         }
                     }
-                    // The periodic catch-up tries again.
-                    Err(e) => log::warn!("reading the log after seq {} failed: {e}", act.head),
+                    // The periodic catch-up tries again; one line until it
+                    // works, not one per try.
+                    Err(e) => {
+                        if !std::mem::replace(&mut act.follow_failing, true) {
+                            log::warn!(
+                                "reading the log after seq {} failed: {e}; delivery waits, retrying every {} ms",
+                                act.head,
+                                FOLLOW_EVERY.as_millis()
+                            );
+                        }
+                    }
                 }
             })
             .spawn(ctx);
@@ -193,7 +205,8 @@ impl Registry {
                 act.checking_sessions = false;
                 match res {
                     Ok(Ok(epochs)) => act.on_epochs(epochs),
-                    Ok(Err(e)) => log::warn!("checking session claims failed: {e}"),
+                    // Logged by the read of the log, which fails alike.
+                    Ok(Err(e)) => log::debug!("checking session claims failed: {e}"),
                     Err(e) => log::warn!("store unreachable while checking sessions: {e}"),
                 }
             })

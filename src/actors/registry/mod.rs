@@ -156,6 +156,8 @@ pub struct Registry {
     following: bool,
     /// …and another should follow it.
     follow_again: bool,
+    /// The last catch-up read failed (logged once, until one works).
+    follow_failing: bool,
     /// A check of the sessions' claims is under way.
     checking_sessions: bool,
     tail: Tail,
@@ -226,6 +228,7 @@ impl Registry {
             ahead: Vec::new(),
             following: false,
             follow_again: false,
+            follow_failing: false,
             checking_sessions: false,
             tail: Tail::default(),
             pending: Vec::new(),
