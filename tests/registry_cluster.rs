@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use herald::actors::messages::Publish;
+use herald::actors::messages::{Publish, SaveAck};
 use herald::actors::{Registry, RegistryConfig, ToSession};
 use herald::net::{ByeReason, Tags};
 use herald::store::{
@@ -262,4 +262,20 @@ async fn a_mid_resent_through_another_node_is_answered_with_the_first_seq() {
         .unwrap();
     let texts: Vec<_> = all.iter().map(|m| m.text().to_vec()).collect();
     assert_eq!(texts, vec![b"once".to_vec(), b"next".to_vec()]);
+}
+
+#[actix_rt::test]
+async fn a_saved_ack_is_in_the_store_when_the_request_is_answered() {
+    let db = Node::default();
+    let n1 = node(&db);
+    let mut a = Client::connect(&n1, "a", true).await;
+    let mut b = Client::connect(&n1, "b", true).await;
+    a.welcome().await;
+    b.welcome().await;
+    b.publish("one");
+    assert_eq!(a.delivered(1).await.len(), 1);
+    a.ack(1);
+    // What a session asks for on QUIT, before it says BYE quit.
+    n1.send(SaveAck { id: id("a") }).await.unwrap();
+    assert_eq!(db.0.lock().unwrap().acks.get(&id("a")), Some(&Seq(1)));
 }
