@@ -151,8 +151,9 @@ fn node(db: &Node) -> Addr<Registry> {
 }
 
 fn publish_mid(c: &Client, text: &str, mid: &str) {
-    let mut tags = Tags::default();
-    tags.mid = Some(mid.to_owned());
+    let tags = Tags {
+        mid: Some(mid.to_owned()),
+    };
     c.registry.do_send(Publish {
         session: c.session,
         text: Bytes::copy_from_slice(text.as_bytes()),
@@ -193,8 +194,9 @@ async fn interleaved_commits_of_two_nodes_reach_everyone_in_one_dense_order() {
             n2.do_send(Wake::Log);
         }
     }
-    let mut seqs = a.sent_n(200).await;
-    seqs.extend(b.sent_n(200).await);
+    let (mut seqs, on_a) = sent_and_delivered(&mut a, 200, 200).await;
+    let (seqs_b, on_b) = sent_and_delivered(&mut b, 200, 200).await;
+    seqs.extend(seqs_b);
     seqs.sort();
     assert_eq!(seqs, (1..=400).map(Seq).collect::<Vec<_>>());
     let on_c = c.delivered(400).await;
@@ -203,8 +205,35 @@ async fn interleaved_commits_of_two_nodes_reach_everyone_in_one_dense_order() {
     let order: Vec<u64> = on_c.iter().map(|m| m.0).collect();
     assert_eq!(order, (1..=400).collect::<Vec<_>>());
     // Each sender gets only the other's messages, in that order.
-    let from_b: Vec<_> = on_c.iter().filter(|m| m.1 == "b").cloned().collect();
-    assert_eq!(a.delivered(200).await, from_b);
+    let only = |from: &str| -> Vec<_> { on_c.iter().filter(|m| m.1 == from).cloned().collect() };
+    assert_eq!(on_a, only("b"));
+    assert_eq!(on_b, only("a"));
+}
+
+/// Reads what a client that both sends and receives is told, until it has
+/// `sent` answers and `delivered` messages.
+async fn sent_and_delivered(
+    c: &mut Client,
+    sent: usize,
+    delivered: usize,
+) -> (Vec<Seq>, Vec<(u64, String, String)>) {
+    let (mut seqs, mut msgs) = (Vec::new(), Vec::new());
+    while seqs.len() < sent || msgs.len() < delivered {
+        match c.next().await {
+            ToSession::Sent(s) => seqs.extend(s),
+            ToSession::Deliver(ms) => msgs.extend(ms.iter().map(|m| {
+                let text = String::from_utf8(m.text().to_vec()).unwrap();
+                (m.seq().0, m.from().to_string(), text)
+            })),
+            other => panic!("expected SENT or MSG, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        (seqs.len(), msgs.len()),
+        (sent, delivered),
+        "more than expected"
+    );
+    (seqs, msgs)
 }
 
 #[actix_rt::test]

@@ -166,19 +166,39 @@ impl Registry {
                 self.push_committed(m);
             }
         }
-        if more || self.ahead.is_empty() {
+        if more {
             return;
         }
-        // Everything below the first own message is read. Anything still
-        // missing below it was pruned meanwhile.
-        if self.head < upto {
+        let Some(first) = self.ahead.first().map(Message::seq) else {
+            return;
+        };
+        // A read bounded by the first own message waiting saw everything
+        // below it (it was committed before that one): what is still
+        // missing there was pruned meanwhile. A read that began before the
+        // own message was known proves nothing; the next one will.
+        if upto.next() == first && self.head < upto {
             self.head = upto;
             self.tail.clear();
         }
-        for m in std::mem::take(&mut self.ahead) {
+        // The own messages that now follow the head (or are behind it
+        // already) leave `ahead`; the rest wait for the next read.
+        let mut head = self.head;
+        let ready = self
+            .ahead
+            .iter()
+            .take_while(|m| {
+                let next = m.seq() <= head.next();
+                head = head.max(m.seq());
+                next
+            })
+            .count();
+        for m in self.ahead.drain(..ready).collect::<Vec<_>>() {
             if m.seq() > self.head {
                 self.push_committed(m);
             }
+        }
+        if !self.ahead.is_empty() {
+            self.follow_again = true;
         }
     }
 
