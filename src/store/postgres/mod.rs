@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-use super::{MidRecord, Recovered, Store, StoreError};
+use super::{Appended, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 use schema::{init_schema, take_node_lock};
@@ -158,21 +158,27 @@ impl PostgresStore {
 
     /// After a `COMMIT` whose answer was lost: waits (reconnecting with
     /// backoff, for as long as it takes) until the database answers, then
-    /// tells whether the batch ending at `last` was committed.
-    fn settle_commit(&mut self, last: Seq) -> bool {
+    /// tells whether transaction `xid` was committed (`txid_status`, made
+    /// for exactly this; the counter cannot tell, since other nodes move it).
+    fn settle_commit(&mut self, xid: i64) -> bool {
         let mut warned = Instant::now();
         log::warn!("the database connection broke during a commit; waiting for the database to learn its outcome");
         loop {
             let wait = self.retry_at.saturating_duration_since(Instant::now());
             std::thread::sleep(wait);
             let answer = self.conn().and_then(|c| {
-                let row = c.query_one("SELECT last FROM counter", &[])?;
-                Ok(row.try_get::<_, i64>(0)?)
+                let row = c.query_one("SELECT txid_status($1)", &[&xid])?;
+                Ok(row.try_get::<_, Option<String>>(0)?)
             });
-            match answer {
-                Ok(stored) => return stored >= last.0 as i64,
-                Err(_) => {
-                    self.client = None;
+            match answer.as_ref().map(|s| s.as_deref()) {
+                Ok(Some("committed")) => return true,
+                Ok(Some("aborted")) => return false,
+                // Still "in progress" (the server has not yet noticed the
+                // broken connection), or no answer yet: wait.
+                Ok(_) | Err(_) => {
+                    if answer.is_err() {
+                        self.client = None;
+                    }
                     if self.retry_at <= Instant::now() {
                         self.retry_at = Instant::now() + self.backoff;
                         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -191,85 +197,141 @@ fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
     config.connect(NoTls)
 }
 
-/// One batch as columns, ready for `unnest`.
+/// One batch's new messages as columns, ready for `unnest`.
+#[derive(Default)]
 struct BatchRows<'a> {
-    first: i64,
-    last: i64,
-    mid_clients: Vec<&'a str>,
-    mid_ids: Vec<&'a str>,
-    mid_seqs: Vec<i64>,
-    mid_ms: Vec<i64>,
     seqs: Vec<i64>,
     times: Vec<i64>,
     senders: Vec<&'a str>,
     texts: Vec<&'a [u8]>,
+    mid_clients: Vec<&'a str>,
+    mid_ids: Vec<&'a str>,
+    mid_seqs: Vec<i64>,
+    mid_ms: Vec<i64>,
 }
 
 /// What became of a batch's transaction.
 enum Outcome {
-    Committed,
-    /// The counter is already at or past the batch: nothing was written.
-    Conflict,
+    Committed(Vec<Appended>),
     /// Certainly not committed.
     NotCommitted(postgres::Error),
-    /// The connection broke during `COMMIT`: maybe committed.
-    Unknown(postgres::Error),
+    /// The connection broke during `COMMIT`: maybe committed. Carries the
+    /// transaction's id, to ask its fate, and what it would have stored.
+    Unknown(postgres::Error, i64, Vec<Appended>),
 }
 
-/// Writes one batch in one transaction: the counter bumped (its row stays
-/// locked until the commit), the mids, then every message in one statement.
-fn write_batch(conn: &mut Client, rows: &BatchRows<'_>) -> Outcome {
+/// Writes one batch in one transaction: the counter row locked (every
+/// node's batches queue on it, so seqs are dense and commit in seq order),
+/// the batch's message ids looked up under that lock (a mid stored before,
+/// through any node, is answered with its first seq), the counter bumped
+/// by the number of new messages, the rows inserted and a bare `NOTIFY`
+/// sent to wake the other nodes, all in one statement.
+fn write_batch(conn: &mut Client, batch: &[NewMessage]) -> Outcome {
     // Everything before COMMIT: an error means nothing was committed (the
     // server rolls back a transaction whose connection is gone).
-    match prepare_batch(conn, rows) {
-        Ok(None) => Outcome::Conflict,
+    match prepare_batch(conn, batch) {
         Err(e) => Outcome::NotCommitted(e),
-        Ok(Some(tx)) => match tx.commit() {
-            Ok(()) => Outcome::Committed,
+        Ok((tx, xid, result)) => match tx.commit() {
+            Ok(()) => Outcome::Committed(result),
             // The server answered: it did not commit.
             Err(e) if e.as_db_error().is_some() => Outcome::NotCommitted(e),
-            Err(e) => Outcome::Unknown(e),
+            Err(e) => Outcome::Unknown(e, xid, result),
         },
     }
 }
 
-/// The batch's transaction up to (not including) its `COMMIT`; `None` when
-/// the counter shows the batch's seqs are taken.
+/// The mids of `batch` already stored, by any node: `(client, mid) → seq`.
+fn stored_mids(
+    tx: &mut postgres::Transaction<'_>,
+    batch: &[NewMessage],
+) -> Result<HashMap<(String, String), Seq>, postgres::Error> {
+    let (clients, ids): (Vec<&str>, Vec<&str>) = batch
+        .iter()
+        .filter_map(|n| Some((n.from.as_str(), n.mid.as_deref()?)))
+        .unzip();
+    let mut found = HashMap::new();
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    for row in tx.query(
+        "SELECT m.client_id, m.mid, m.seq FROM mids m
+         JOIN unnest($1::text[], $2::text[]) AS b(client_id, mid)
+           ON m.client_id = b.client_id AND m.mid = b.mid",
+        &[&clients, &ids],
+    )? {
+        found.insert((row.try_get(0)?, row.try_get(1)?), seq_of(row.try_get(2)?));
+    }
+    Ok(found)
+}
+
+/// The batch's transaction up to (not including) its `COMMIT`, with the
+/// transaction's id and what each message became.
 fn prepare_batch<'c>(
     conn: &'c mut Client,
-    rows: &BatchRows<'_>,
-) -> Result<Option<postgres::Transaction<'c>>, postgres::Error> {
-    {
-        let mut tx = conn.transaction()?;
-        let bumped = tx.execute(
-            "UPDATE counter SET last = $2 WHERE last < $1",
-            &[&rows.first, &rows.last],
-        )?;
-        if bumped != 1 {
-            // Rolled back when `tx` is dropped.
-            return Ok(None);
+    batch: &[NewMessage],
+) -> Result<(postgres::Transaction<'c>, i64, Vec<Appended>), postgres::Error> {
+    let mut tx = conn.transaction()?;
+    let row = tx.query_one("SELECT last, txid_current() FROM counter FOR UPDATE", &[])?;
+    let head = seq_of(row.try_get(0)?);
+    let xid: i64 = row.try_get(1)?;
+    let mut known = stored_mids(&mut tx, batch)?;
+    let mut rows = BatchRows::default();
+    let mut result = Vec::with_capacity(batch.len());
+    let mut seq = head;
+    for n in batch {
+        if let Some(mid) = &n.mid {
+            let key = (n.from.as_str().to_owned(), mid.clone());
+            if let Some(first) = known.get(&key) {
+                result.push(Appended::Duplicate(*first));
+                continue;
+            }
+            seq = seq.next();
+            known.insert(key, seq);
+            rows.mid_clients.push(n.from.as_str());
+            rows.mid_ids.push(mid);
+            rows.mid_seqs.push(seq.0 as i64);
+            rows.mid_ms.push(n.unix_ms as i64);
+        } else {
+            seq = seq.next();
         }
-        if !rows.mid_ids.is_empty() {
-            tx.execute(
-                "INSERT INTO mids (client_id, mid, seq, unix_ms)
+        rows.seqs.push(seq.0 as i64);
+        rows.times.push(n.unix_ms as i64);
+        rows.senders.push(n.from.as_str());
+        rows.texts.push(&n.text);
+        result.push(Appended::Stored(Message::new(
+            seq,
+            n.unix_ms,
+            n.from.clone(),
+            &n.text,
+        )));
+    }
+    if seq > head {
+        tx.execute("UPDATE counter SET last = $1", &[&(seq.0 as i64)])?;
+        tx.query_one(
+            "WITH m AS (
+                 INSERT INTO mids (client_id, mid, seq, unix_ms)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
                  ON CONFLICT (client_id, mid)
-                 DO UPDATE SET seq = excluded.seq, unix_ms = excluded.unix_ms",
-                &[
-                    &rows.mid_clients,
-                    &rows.mid_ids,
-                    &rows.mid_seqs,
-                    &rows.mid_ms,
-                ],
-            )?;
-        }
-        tx.execute(
-            "INSERT INTO messages (seq, unix_ms, sender, text)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
-            &[&rows.seqs, &rows.times, &rows.senders, &rows.texts],
+                 DO UPDATE SET seq = excluded.seq, unix_ms = excluded.unix_ms
+             ), i AS (
+                 INSERT INTO messages (seq, unix_ms, sender, text)
+                 SELECT * FROM unnest($5::bigint[], $6::bigint[], $7::text[], $8::bytea[])
+             )
+             SELECT pg_notify('herald_log', $9::text)",
+            &[
+                &rows.mid_clients,
+                &rows.mid_ids,
+                &rows.mid_seqs,
+                &rows.mid_ms,
+                &rows.seqs,
+                &rows.times,
+                &rows.senders,
+                &rows.texts,
+                &seq.0.to_string(),
+            ],
         )?;
-        Ok(Some(tx))
     }
+    Ok((tx, xid, result))
 }
 
 fn seq_of(v: i64) -> Seq {
@@ -304,56 +366,26 @@ impl Store for PostgresStore {
             head: seq_of(head),
             acks,
             mids,
+            shared: true,
         })
     }
 
-    fn append(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError> {
-        let Some(last) = batch.iter().map(|m| m.seq()).max() else {
-            return Ok(());
-        };
-        let first = batch.iter().map(|m| m.seq()).min().unwrap_or(last);
-        // A mid given twice in one batch points at its last copy.
-        let mut unique: HashMap<(&str, &str), &MidRecord> = HashMap::new();
-        for m in mids {
-            unique.insert((m.client.as_str(), m.mid.as_str()), m);
+    fn append(&mut self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        let mids: Vec<&MidRecord> = unique.into_values().collect();
-        let mid_clients: Vec<&str> = mids.iter().map(|m| m.client.as_str()).collect();
-        let mid_ids: Vec<&str> = mids.iter().map(|m| m.mid.as_str()).collect();
-        let mid_seqs: Vec<i64> = mids.iter().map(|m| m.seq.0 as i64).collect();
-        let mid_ms: Vec<i64> = mids.iter().map(|m| m.unix_ms as i64).collect();
-        let seqs: Vec<i64> = batch.iter().map(|m| m.seq().0 as i64).collect();
-        let times: Vec<i64> = batch.iter().map(|m| m.unix_ms() as i64).collect();
-        let senders: Vec<&str> = batch.iter().map(|m| m.from().as_str()).collect();
-        let texts: Vec<&[u8]> = batch.iter().map(|m| m.text()).collect();
-
-        let rows = BatchRows {
-            first: first.0 as i64,
-            last: last.0 as i64,
-            mid_clients,
-            mid_ids,
-            mid_seqs,
-            mid_ms,
-            seqs,
-            times,
-            senders,
-            texts,
-        };
-        let outcome = write_batch(self.conn()?, &rows);
+        let outcome = write_batch(self.conn()?, batch);
         match outcome {
-            Outcome::Committed => Ok(()),
-            Outcome::Conflict => Err(StoreError::Engine(format!(
-                "the database already holds messages at or after seq {first}; is another server writing to it?"
-            ))),
+            Outcome::Committed(result) => Ok(result),
             Outcome::NotCommitted(e) => self.check(Err(e)),
-            Outcome::Unknown(e) => {
+            Outcome::Unknown(e, xid, result) => {
                 // The answer to COMMIT was lost: it may or may not have
                 // been applied. Ask the database once it answers again.
                 let reason = one_line(&e);
                 self.client = None;
-                if self.settle_commit(last) {
+                if self.settle_commit(xid) {
                     log::info!("the interrupted commit was applied");
-                    Ok(())
+                    Ok(result)
                 } else {
                     log::warn!("the interrupted commit was not applied");
                     Err(StoreError::Unavailable(reason))
@@ -483,7 +515,11 @@ impl Store for PostgresStore {
         self.check(r)
     }
 
-    fn forget_mids(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+    fn forget_mids(
+        &mut self,
+        cutoffs: &[(ClientId, Seq)],
+        _policy: &MidPolicy,
+    ) -> Result<(), StoreError> {
         if cutoffs.is_empty() {
             return Ok(());
         }
