@@ -1,0 +1,269 @@
+//! Cluster mode under faults (protocol.md "Cluster", cluster design 9):
+//! a node killed with SIGKILL while real `client --servers …` processes
+//! keep typing, PostgreSQL killed and restarted during traffic, and every
+//! node's database connections cut at once. The nodes that stay up recover
+//! by themselves; nothing confirmed or typed is lost, nothing is stored
+//! twice, and every client sees one order.
+//!
+//! A node started against an unreachable database exits 1 with one line:
+//! that start is the same for one node or many and is covered by
+//! `postgres::an_unreachable_database_fails_the_start_with_one_line`.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+#[path = "common/pg.rs"]
+mod pg;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cluster::{wait_until, ClientProc, Cluster, Peer};
+
+/// Each client types one line per this interval.
+const TYPING_EVERY: Duration = Duration::from_millis(20);
+
+/// How long the clients get to settle (reconnect, resend, deliver) once
+/// typing stopped.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Types one line into every client each [`TYPING_EVERY`] for `length`.
+fn type_for(clients: &mut [ClientProc], length: Duration, counter: &mut usize) {
+    let end = Instant::now() + length;
+    while Instant::now() < end {
+        for p in clients.iter_mut() {
+            let line = format!("{}-{counter}", p.id);
+            *counter += 1;
+            assert!(p.type_line(&line), "{} stopped reading stdin", p.id);
+        }
+        // Pacing, not waiting for a condition: a steady typing rate.
+        std::thread::sleep(TYPING_EVERY);
+    }
+}
+
+/// Every line typed into `clients` was printed by every other client;
+/// waits (bounded) for it.
+fn wait_all_delivered(clients: &[ClientProc]) {
+    let missing = || {
+        let mut missing = Vec::new();
+        for p in clients {
+            let printed: std::collections::HashSet<String> =
+                p.received().into_iter().map(|m| m.2).collect();
+            for q in clients.iter().filter(|q| q.id != p.id) {
+                let n = q.typed.iter().filter(|t| !printed.contains(*t)).count();
+                if n > 0 {
+                    missing.push(format!("{} misses {n} of {}'s lines", p.id, q.id));
+                }
+            }
+        }
+        missing
+    };
+    wait_until(
+        SETTLE,
+        || missing().is_empty(),
+        || {
+            let notes: Vec<String> = clients
+                .iter()
+                .map(|p| format!("{} said: {:?}", p.id, p.notes()))
+                .collect();
+            format!(
+                "not every line reached every other client: {:?}\n{}",
+                missing(),
+                notes.join("\n")
+            )
+        },
+    );
+}
+
+/// The stored log is dense, holds every typed line exactly once from its
+/// typist and nothing else, and each client printed exactly the others'
+/// messages, each once, in seq order, as stored.
+fn check_log_and_prints(c: &Cluster, clients: &[ClientProc]) {
+    let log = c.stored();
+    assert_eq!(
+        log.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "the stored log has holes"
+    );
+    assert_eq!(c.counter(), log.len() as u64, "the counter is not the head");
+    let mut copies: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (seq, _, text) in &log {
+        copies.entry(text.as_str()).or_default().push(*seq);
+    }
+    let mut typed = 0;
+    for p in clients {
+        for t in &p.typed {
+            typed += 1;
+            match copies.get(t.as_str()).map(Vec::as_slice) {
+                Some([seq]) => assert_eq!(
+                    log[*seq as usize - 1].1,
+                    p.id,
+                    "{t:?} stored under another sender"
+                ),
+                Some(seqs) => panic!("{t:?} stored {} times, at {seqs:?}", seqs.len()),
+                None => panic!("{t:?} typed into {} was never stored", p.id),
+            }
+        }
+    }
+    assert_eq!(log.len(), typed, "lines nobody typed were stored");
+    for p in clients {
+        let want: Vec<_> = log.iter().filter(|m| m.1 != p.id).cloned().collect();
+        assert_eq!(
+            p.received(),
+            want,
+            "{} did not print the others' lines once each in seq order",
+            p.id
+        );
+    }
+}
+
+#[test]
+fn a_node_killed_mid_stream_loses_no_typed_line_and_stores_none_twice() {
+    const CLIENTS: usize = 6;
+    let ids: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();
+    let mut c = Cluster::start(3, &ids.join(","));
+    // Two clients prefer each node.
+    let mut clients: Vec<ClientProc> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ClientProc::spawn(&c.servers_from(i % 3), id, &[]))
+        .collect();
+    for p in &clients {
+        p.wait_logged_in(1);
+    }
+    let mut counter = 0;
+    type_for(&mut clients, Duration::from_millis(1000), &mut counter);
+    c.kill9(0);
+    type_for(&mut clients, Duration::from_millis(1500), &mut counter);
+    // The clients that were on node 0 moved on to another node.
+    for p in clients.iter().filter(|p| p.id == "c0" || p.id == "c3") {
+        p.wait_logged_in(2);
+    }
+    c.restart(0);
+    type_for(&mut clients, Duration::from_millis(1000), &mut counter);
+    for p in &mut clients {
+        p.close_stdin();
+    }
+    wait_all_delivered(&clients);
+    for p in &mut clients {
+        assert!(p.running(), "{} exited: {:?}", p.id, p.notes());
+    }
+    check_log_and_prints(&c, &clients);
+    eprintln!("{counter} lines typed, each stored and delivered once");
+}
+
+/// Writers and readers on every node; PostgreSQL is killed with SIGKILL
+/// and restarted while the writers' SENDs are in flight. Every confirmed
+/// message is kept, the waiting SENDs are answered once the database is
+/// back, the readers stay connected (sessions are not closed while the
+/// database is away) and see one dense order, and new messages cross
+/// between nodes again without any node being restarted.
+#[tokio::test]
+async fn the_nodes_ride_out_a_kill_9_of_postgresql() {
+    let mut c = Cluster::start(3, "w0,w1,w2,r0,r1,r2,late");
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        readers.push(Peer::login(c.node(i), &format!("r{i}")).await.0);
+        writers.push(Peer::login(c.node(i), &format!("w{i}")).await.0);
+    }
+    let mut confirmed: Vec<(u64, String, String)> = Vec::new();
+    for k in 0..20 {
+        for w in &mut writers {
+            let text = format!("before {k}");
+            confirmed.push((w.send(&text).await, w.id.clone(), text));
+        }
+    }
+    // SENDs in flight through every node when the database dies.
+    for w in &mut writers {
+        let mut batch = String::new();
+        for k in 0..20 {
+            batch.push_str(&format!("SEND during {k}\n"));
+        }
+        w.conn.send_raw(batch.as_bytes()).await;
+    }
+    c.kill9_pg();
+    c.restart_pg();
+    for w in &mut writers {
+        let mut k = 0;
+        while k < 20 {
+            let line = w.conn.line().await;
+            let Some(seq) = line.strip_prefix("SENT ") else {
+                // A message from another writer, or a wrong answer.
+                let m = common::parse_msg(&line)
+                    .unwrap_or_else(|| panic!("{} got {line:?} for a SEND", w.id));
+                assert_ne!(m.1, w.id, "a writer was sent its own message");
+                continue;
+            };
+            confirmed.push((seq.parse().unwrap(), w.id.clone(), format!("during {k}")));
+            k += 1;
+        }
+    }
+    // The nodes recovered by themselves: new messages through each node.
+    for w in &mut writers {
+        let text = "after".to_owned();
+        confirmed.push((w.send(&text).await, w.id.clone(), text));
+    }
+    confirmed.sort();
+    assert_eq!(
+        confirmed.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=confirmed.len() as u64).collect::<Vec<_>>(),
+        "the confirmed seqs are not dense"
+    );
+    for r in &mut readers {
+        assert_eq!(
+            r.msgs(confirmed.len()).await,
+            confirmed,
+            "{} (online throughout) saw another log",
+            r.id
+        );
+        r.expect_quiet().await;
+    }
+    assert_eq!(c.stored(), confirmed);
+    let (mut late, pending) = Peer::login(c.node(1), "late").await;
+    assert_eq!(pending, confirmed.len() as u64);
+    assert_eq!(late.msgs(confirmed.len()).await, confirmed);
+}
+
+/// Every database connection of every node is cut at once (the listener's
+/// too, so wake-ups sent meanwhile are lost): the nodes reconnect by
+/// themselves and messages cross between nodes again.
+#[tokio::test]
+async fn the_nodes_recover_when_their_database_connections_are_cut() {
+    let c = Cluster::start(3, "w0,w1,w2,r0,r1,r2");
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        readers.push(Peer::login(c.node(i), &format!("r{i}")).await.0);
+        writers.push(Peer::login(c.node(i), &format!("w{i}")).await.0);
+    }
+    let mut log = Vec::new();
+    for w in &mut writers {
+        log.push((w.send("before").await, w.id.clone(), "before".to_owned()));
+    }
+    let cut: i64 = c.query(|db| {
+        db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .len() as i64
+    });
+    assert!(
+        cut >= c.len() as i64,
+        "only {cut} node connections were found to cut"
+    );
+    for w in &mut writers {
+        log.push((w.send("after").await, w.id.clone(), "after".to_owned()));
+    }
+    log.sort();
+    assert_eq!(
+        log.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    for r in &mut readers {
+        assert_eq!(r.msgs(6).await, log, "{}", r.id);
+        r.expect_quiet().await;
+    }
+}
