@@ -267,3 +267,109 @@ async fn the_nodes_recover_when_their_database_connections_are_cut() {
         r.expect_quiet().await;
     }
 }
+
+/// PostgreSQL backends paused with SIGSTOP; resumed when dropped, so the
+/// database can stop at the end of the test.
+struct Paused(Vec<i32>);
+
+impl Paused {
+    fn pause(pids: Vec<i32>) -> Paused {
+        for pid in &pids {
+            signal(*pid, "STOP");
+        }
+        Paused(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            signal(*pid, "CONT");
+        }
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// The backends of the nodes' listener connections (the ones that ran
+/// `LISTEN`), once every node has one and all of them are idle.
+fn idle_listeners(c: &Cluster) -> Vec<i32> {
+    let listeners = || {
+        c.query(|db| {
+            db.query(
+                "SELECT pid, coalesce(state, ''), coalesce(wait_event, '') \
+                 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND query ILIKE '%LISTEN%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                )
+            })
+            .collect::<Vec<_>>()
+        })
+    };
+    let ready = |l: &[(i32, String, String)]| {
+        l.len() == c.len() && l.iter().all(|b| b.1 == "idle" && b.2 == "ClientRead")
+    };
+    wait_until(
+        common::DEADLINE,
+        || ready(&listeners()),
+        || {
+            format!(
+                "expected one idle LISTEN connection per node, found {:?}",
+                listeners()
+            )
+        },
+    );
+    listeners().into_iter().map(|b| b.0).collect()
+}
+
+/// Every node's listener is paused, so no wake-up between nodes arrives:
+/// a message still reaches the other nodes' clients, and a login still
+/// replaces the same id's connection on another node (the nodes' periodic
+/// catch-up finds both in the database).
+#[tokio::test]
+async fn messages_and_takeovers_cross_nodes_when_wake_ups_are_lost() {
+    let c = Cluster::start(3, "1,2,3");
+    let (mut a1, _) = Peer::login(c.node(0), "1").await;
+    let (mut b2, _) = Peer::login(c.node(1), "2").await;
+    let (mut c3, _) = Peer::login(c.node(2), "3").await;
+    let paused = Paused::pause(idle_listeners(&c));
+
+    let t = Instant::now();
+    assert_eq!(a1.send("no wake-up").await, 1);
+    b2.expect(1, "1", "no wake-up").await;
+    c3.expect(1, "1", "no wake-up").await;
+    eprintln!(
+        "delivered to two other nodes without wake-ups in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(c3.send("back").await, 2);
+    a1.expect(2, "3", "back").await;
+    b2.expect(2, "3", "back").await;
+
+    let t = Instant::now();
+    let (mut b1, pending) = Peer::login(c.node(1), "1").await;
+    assert_eq!(pending, 1, "1 never acked message 2");
+    a1.expect_bye("replaced").await;
+    eprintln!(
+        "replaced across nodes without wake-ups in {:?}",
+        t.elapsed()
+    );
+    b1.expect(2, "3", "back").await;
+    assert_eq!(b1.send("from B").await, 3);
+    c3.expect(3, "1", "from B").await;
+    drop(paused);
+}
