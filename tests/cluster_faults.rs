@@ -34,7 +34,12 @@ fn type_for(clients: &mut [ClientProc], length: Duration, counter: &mut usize) {
         for p in clients.iter_mut() {
             let line = format!("{}-{counter}", p.id);
             *counter += 1;
-            assert!(p.type_line(&line), "{} stopped reading stdin", p.id);
+            assert!(
+                p.type_line(&line),
+                "{} stopped reading stdin: {:?}",
+                p.id,
+                p.notes()
+            );
         }
         // Pacing, not waiting for a condition: a steady typing rate.
         std::thread::sleep(TYPING_EVERY);
