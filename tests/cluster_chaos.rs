@@ -59,8 +59,9 @@ impl Rng {
     }
 }
 
-/// What the prober was told: (seq, text) per `SENT`.
-type Confirmed = Arc<Mutex<Vec<(u64, String)>>>;
+/// What the prober was told: (seq, text, how) per `SENT`, where `how`
+/// names the node's port and the attempt that got the answer.
+type Confirmed = Arc<Mutex<Vec<(u64, String, String)>>>;
 
 /// One connection of the prober, logged in as `probe`.
 struct ProbeConn {
@@ -127,14 +128,20 @@ fn run_prober(ports: Vec<u16>, stop: Arc<AtomicBool>, confirmed: Confirmed) -> O
     let mut node = 0;
     let mut conn: Option<ProbeConn> = None;
     let mut k = 0u64;
+    let mut port = 0;
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
         let text = format!("probe-{k}");
+        let mut attempt = 0;
         let seq = loop {
             if stop.load(Ordering::SeqCst) {
                 return Some(text);
             }
             let Some(c) = conn.as_mut() else {
-                conn = ProbeConn::open(ports[node % ports.len()]);
+                port = ports[node % ports.len()];
+                conn = ProbeConn::open(port);
                 node += 1;
                 if conn.is_none() {
                     // Backoff between connection attempts.
@@ -142,16 +149,15 @@ fn run_prober(ports: Vec<u16>, stop: Arc<AtomicBool>, confirmed: Confirmed) -> O
                 }
                 continue;
             };
+            attempt += 1;
             match c.send(&format!("p{k}"), &text) {
                 Some(seq) => break seq,
                 None => conn = None,
             }
         };
-        confirmed.lock().unwrap().push((seq, text));
+        let how = format!("through port {port}, attempt {attempt}");
+        confirmed.lock().unwrap().push((seq, text, how));
         k += 1;
-        if stop.load(Ordering::SeqCst) {
-            return None;
-        }
         // Pacing: a steady rate, not a wait for a condition.
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -298,12 +304,14 @@ fn cluster_chaos_soak_loses_nothing_and_keeps_one_order() {
     }
     // Nothing confirmed lost: every SENT the prober got names its line.
     let confirmed = confirmed.lock().unwrap().clone();
-    for (seq, text) in &confirmed {
+    for (seq, text, how) in &confirmed {
         let stored = log.get(*seq as usize - 1);
+        let actually: Vec<u64> = log.iter().filter(|m| &m.2 == text).map(|m| m.0).collect();
         assert_eq!(
             stored.map(|m| (m.1.as_str(), m.2.as_str())),
             Some(("probe", text.as_str())),
-            "SENT {seq} for {text:?}, but the log holds {stored:?} there"
+            "the prober was told SENT {seq} for {text:?} ({how}), but the log holds {stored:?} there \
+             (and {text:?} at {actually:?})"
         );
     }
     // One order everywhere: each process printed increasing seqs, each as

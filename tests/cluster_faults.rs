@@ -16,6 +16,8 @@ mod common;
 mod pg;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::{wait_until, ClientProc, Cluster, Peer};
@@ -377,4 +379,131 @@ async fn messages_and_takeovers_cross_nodes_when_wake_ups_are_lost() {
     assert_eq!(b1.send("from B").await, 3);
     c3.expect(3, "1", "from B").await;
     drop(paused);
+}
+
+/// Rounds of kill -9 and restart of PostgreSQL in
+/// [`every_sent_names_its_message_through_repeated_postgresql_kills`].
+const PG_KILLS: usize = 3;
+
+/// One writer's stream: SENDs paced through one node's connection until
+/// `stop`, and every answer read; returns (texts sent, SENT seqs).
+async fn stream_sends(
+    peer: Peer,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+) -> (Vec<String>, Vec<u64>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let id = peer.id.clone();
+    let common::Conn {
+        mut reader,
+        mut writer,
+    } = peer.conn;
+    let total = Arc::new(AtomicUsize::new(usize::MAX));
+    let sender = {
+        let (id, total) = (id.clone(), total.clone());
+        tokio::spawn(async move {
+            let mut texts = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let text = format!("{id}-{}", texts.len());
+                writer
+                    .write_all(format!("SEND {text}\n").as_bytes())
+                    .await
+                    .unwrap();
+                texts.push(text);
+                // Pacing: a steady stream of commits, not a wait.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            total.store(texts.len(), Ordering::SeqCst);
+            (texts, writer)
+        })
+    };
+    let mut seqs = Vec::new();
+    while seqs.len() < total.load(Ordering::SeqCst) {
+        let mut line = String::new();
+        let read = tokio::time::timeout(common::DEADLINE, reader.read_line(&mut line)).await;
+        let n = read
+            .unwrap_or_else(|_| panic!("{id}: no answer for {:?}", common::DEADLINE))
+            .unwrap();
+        assert!(n > 0, "{id}: the node closed the connection");
+        let line = line.trim_end();
+        if let Some(seq) = line.strip_prefix("SENT ") {
+            seqs.push(seq.parse().unwrap());
+            answered.fetch_add(1, Ordering::SeqCst);
+        } else {
+            assert!(line.starts_with("MSG "), "{id}: {line:?} for a SEND");
+        }
+    }
+    let (texts, _writer) = sender.await.unwrap();
+    (texts, seqs)
+}
+
+/// PostgreSQL is killed with SIGKILL and restarted several times while
+/// every node commits a steady stream of SENDs, so commits are cut at every
+/// stage (before, during and after `COMMIT`). Every SEND is answered `SENT`
+/// in the end, and every `SENT <seq>` names its own message in the stored
+/// log: an interrupted commit is never taken for applied, nor one applied
+/// for lost.
+#[tokio::test]
+async fn every_sent_names_its_message_through_repeated_postgresql_kills() {
+    let mut c = Cluster::start(3, "w0,w1,w2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let (peer, _) = Peer::login(c.node(i), &format!("w{i}")).await;
+        writers.push(tokio::spawn(stream_sends(
+            peer,
+            stop.clone(),
+            answered.clone(),
+        )));
+    }
+    for _ in 0..PG_KILLS {
+        // Traffic flows (again) before each kill.
+        let from = answered.load(Ordering::SeqCst);
+        let deadline = Instant::now() + common::DEADLINE;
+        while answered.load(Ordering::SeqCst) < from + 150 {
+            assert!(Instant::now() < deadline, "commits did not resume");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Off the runtime's thread, so the writers keep reading meanwhile.
+        c = tokio::task::spawn_blocking(move || {
+            c.kill9_pg();
+            c.restart_pg();
+            c
+        })
+        .await
+        .unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut claims = Vec::new();
+    for w in writers {
+        let (texts, seqs) = w.await.unwrap();
+        assert_eq!(texts.len(), seqs.len());
+        claims.extend(seqs.into_iter().zip(texts));
+    }
+    let log = c.stored();
+    let mut wrong = Vec::new();
+    for (seq, text) in &claims {
+        let stored = log.get(*seq as usize - 1).map(|m| m.2.as_str());
+        if stored != Some(text.as_str()) {
+            let at: Vec<u64> = log.iter().filter(|m| &m.2 == text).map(|m| m.0).collect();
+            wrong.push(format!(
+                "SENT {seq} for {text:?}: the log holds {stored:?} there, {text:?} at {at:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answers were wrong:\n{}",
+        wrong.len(),
+        claims.len(),
+        wrong.join("\n")
+    );
+    claims.sort();
+    assert_eq!(
+        claims.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=claims.len() as u64).collect::<Vec<_>>(),
+        "the SENT seqs are not dense"
+    );
+    assert_eq!(log.len(), claims.len(), "messages stored without a SENT");
 }

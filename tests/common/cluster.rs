@@ -286,10 +286,37 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Writes every node's whole log to a file in the temporary directory
+    /// and names it on stderr, for failures the tails do not explain.
+    fn save_full_logs(&self) {
+        let mut all = String::new();
+        for (i, log) in &self.past_logs {
+            all.push_str(&format!("--- node {i} (killed) ---\n{log}\n"));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(node) = node {
+                let log = node.log.lock().unwrap().clone();
+                all.push_str(&format!("--- node {i} ---\n{log}\n"));
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "herald-cluster-{}-{}.log",
+            std::process::id(),
+            self.pg.port
+        ));
+        match std::fs::write(&path, all) {
+            Ok(()) => eprintln!("every node's whole log: {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("cluster logs at the failure:\n{}", self.logs());
+            self.save_full_logs();
         }
         for node in self.nodes.iter_mut().flatten() {
             let _ = node.child.kill();
