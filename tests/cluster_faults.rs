@@ -383,7 +383,7 @@ async fn messages_and_takeovers_cross_nodes_when_wake_ups_are_lost() {
 
 /// Rounds of kill -9 and restart of PostgreSQL in
 /// [`every_sent_names_its_message_through_repeated_postgresql_kills`].
-const PG_KILLS: usize = 3;
+const PG_KILLS: usize = 8;
 
 /// One writer's stream: SENDs paced through one node's connection until
 /// `stop`, and every answer read; returns (texts sent, SENT seqs).
