@@ -360,3 +360,85 @@ async fn nodes_started_together_on_an_empty_database_all_come_up() {
     peers[1].expect(1, "1", "hi").await;
     peers[2].expect(1, "1", "hi").await;
 }
+
+/// Sends `LOGIN id` on node `i`; the peer and the first answer.
+async fn raw_login(c: &Cluster, i: usize, id: &str) -> (Peer, String) {
+    let mut conn = c.node(i).connect().await;
+    conn.send(&format!("LOGIN {id}")).await;
+    let first = conn.line().await;
+    (Peer::new(conn, id), first)
+}
+
+/// Two logins for one id on two nodes at the same moment, several times:
+/// each time exactly one connection is replaced and the other keeps the
+/// id (it receives what is sent to it).
+#[tokio::test]
+async fn simultaneous_logins_on_two_nodes_leave_exactly_one_connection() {
+    const ROUNDS: u64 = 10;
+    let c = Cluster::start(3, "1,2");
+    let (mut talker, _) = login(&c, 2, "2").await;
+    for round in 1..=ROUNDS {
+        let (x, y) = tokio::join!(raw_login(&c, 0, "1"), raw_login(&c, 1, "1"));
+        let ((mut x, x_first), (mut y, y_first)) = (x, y);
+        // A login overtaken before its WELCOME may be replaced at once;
+        // otherwise both are welcomed and then one is replaced.
+        let loser_is_x = match (x_first.as_str(), y_first.as_str()) {
+            ("BYE replaced", "WELCOME 1 0") => true,
+            ("WELCOME 1 0", "BYE replaced") => false,
+            ("WELCOME 1 0", "WELCOME 1 0") => tokio::select! {
+                line = x.conn.line() => { assert_eq!(line, "BYE replaced", "round {round}"); true }
+                line = y.conn.line() => { assert_eq!(line, "BYE replaced", "round {round}"); false }
+            },
+            other => panic!("round {round}: the logins were answered {other:?}"),
+        };
+        let (winner, loser) = if loser_is_x {
+            (&mut y, &mut x)
+        } else {
+            (&mut x, &mut y)
+        };
+        loser.conn.expect_eof().await;
+        // The winner holds the id: it is sent the next message, and has not
+        // been replaced meanwhile (the message comes before anything else).
+        assert_eq!(talker.send(&format!("round {round}")).await, round);
+        winner.expect(round, "2", &format!("round {round}")).await;
+        winner.conn.send(&format!("ACK {round}")).await;
+        winner.expect_quiet().await;
+        winner.conn.send("QUIT").await;
+        winner.expect_bye("quit").await;
+    }
+}
+
+/// A client resends a SEND with its mid through another node while the
+/// first node may still be committing it (the second login replaces the
+/// first connection): every answer names one seq and the text is stored
+/// once.
+#[tokio::test]
+async fn a_mid_raced_through_two_nodes_is_stored_once() {
+    const ROUNDS: usize = 20;
+    let c = Cluster::start(3, "1");
+    for round in 0..ROUNDS {
+        let frame = format!("@mid=r{round} SEND race {round}");
+        let (mut first, _) = login(&c, round % 3, "1").await;
+        first.conn.send(&frame).await;
+        let (mut second, _) = login(&c, (round + 1) % 3, "1").await;
+        let seq = second.send_frame(&frame).await;
+        // The first connection was answered before it was replaced, or
+        // was replaced with the SEND unanswered.
+        let line = first.conn.line().await;
+        if let Some(n) = line.strip_prefix("SENT ") {
+            assert_eq!(
+                n.parse::<u64>().unwrap(),
+                seq,
+                "round {round}: two seqs for one mid"
+            );
+            assert_eq!(first.conn.line().await, "BYE replaced");
+        } else {
+            assert_eq!(line, "BYE replaced", "round {round}");
+        }
+        second.quit().await;
+    }
+    let log = c.stored();
+    let texts: Vec<String> = log.iter().map(|m| m.2.clone()).collect();
+    let want: Vec<String> = (0..ROUNDS).map(|r| format!("race {r}")).collect();
+    assert_eq!(texts, want, "each raced line stored once, in order");
+}

@@ -469,12 +469,16 @@ impl Peer {
     /// Logs in as `id` on `node`; the peer and its `WELCOME` count.
     pub async fn login(node: &Server, id: &str) -> (Peer, u64) {
         let (conn, pending) = node.login(id).await;
-        let peer = Peer {
+        (Peer::new(conn, id), pending)
+    }
+
+    /// Wraps a connection that logged in (or tried to) as `id`.
+    pub fn new(conn: crate::common::Conn, id: &str) -> Peer {
+        Peer {
             conn,
             id: id.to_owned(),
             inbox: Default::default(),
-        };
-        (peer, pending)
+        }
     }
 
     /// Sends `SEND text`; the seq it was stored as.
