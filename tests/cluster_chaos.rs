@@ -36,9 +36,11 @@ const SOAK: Duration = Duration::from_secs(12);
 /// Client ids typing through `client` processes.
 const CLIENTS: usize = 8;
 
-/// Node kills (SIGKILL, then a restart on the same port) during the soak;
-/// PostgreSQL is killed once on top of them.
+/// Node kills (SIGKILL, then a restart on the same port) per default
+/// soak, and PostgreSQL kills on top of them; a longer soak gets as many
+/// per [`SOAK`] of its length.
 const NODE_KILLS: usize = 4;
+const PG_KILLS: usize = 1;
 
 /// How long everything may take to settle once typing stopped: clients
 /// back off up to 5 s between reconnects.
@@ -205,13 +207,19 @@ fn cluster_chaos_soak_loses_nothing_and_keeps_one_order() {
         std::thread::spawn(move || run_prober(ports, stop, confirmed))
     };
 
-    // The schedule: node kills spread over the run, the PostgreSQL kill
-    // in its middle part.
+    // The schedule: node kills spread over the run, PostgreSQL kills in
+    // its middle part.
+    let per_soak = (soak.as_secs_f64() / SOAK.as_secs_f64()).ceil().max(1.0) as usize;
     let at =
         |rng: &mut Rng, lo: u64, hi: u64| soak.mul_f64((lo + rng.below(hi - lo)) as f64 / 1000.0);
-    let mut kills: Vec<Duration> = (0..NODE_KILLS).map(|_| at(&mut rng, 50, 900)).collect();
+    let mut kills: Vec<Duration> = (0..NODE_KILLS * per_soak)
+        .map(|_| at(&mut rng, 50, 900))
+        .collect();
     kills.sort();
-    let mut pg_kill = Some(at(&mut rng, 300, 700));
+    let mut pg_kill_times: Vec<Duration> = (0..PG_KILLS * per_soak)
+        .map(|_| at(&mut rng, 200, 800))
+        .collect();
+    pg_kill_times.sort();
     let mut down: Option<(usize, Instant)> = None;
     let (mut node_kills, mut pg_kills, mut quits) = (0, 0, 0);
 
@@ -253,8 +261,8 @@ fn cluster_chaos_soak_loses_nothing_and_keeps_one_order() {
                 Instant::now() + Duration::from_millis(100 + rng.below(700)),
             ));
         }
-        if pg_kill.is_some_and(|t| start.elapsed() >= t) {
-            pg_kill = None;
+        if pg_kill_times.first().is_some_and(|t| start.elapsed() >= *t) {
+            pg_kill_times.remove(0);
             c.kill9_pg();
             c.restart_pg();
             pg_kills += 1;
