@@ -7,11 +7,14 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/cluster_clients.rs"]
+mod cluster_clients;
 mod common;
 #[path = "common/pg.rs"]
 mod pg;
 
-use cluster::{Cluster, Peer};
+use cluster::Cluster;
+use cluster_clients::Peer;
 use common::parse_msg;
 
 /// Logs in as `id` on node `i` of `c`.

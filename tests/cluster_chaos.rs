@@ -14,6 +14,8 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/cluster_clients.rs"]
+mod cluster_clients;
 mod common;
 #[path = "common/pg.rs"]
 mod pg;
@@ -25,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{ClientProc, Cluster};
+use cluster::Cluster;
+use cluster_clients::ClientProc;
 
 /// How long the clients type. The whole cluster suite (cluster.rs,
 /// cluster_faults.rs and this soak) must finish in about 2.5 minutes on a

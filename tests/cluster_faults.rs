@@ -11,6 +11,8 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/cluster_clients.rs"]
+mod cluster_clients;
 mod common;
 #[path = "common/pg.rs"]
 mod pg;
@@ -20,7 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{wait_until, ClientProc, Cluster, Peer};
+use cluster::{wait_until, Cluster};
+use cluster_clients::{ClientProc, Peer};
 
 /// Each client types one line per this interval.
 const TYPING_EVERY: Duration = Duration::from_millis(20);
