@@ -777,6 +777,33 @@ async fn the_server_rides_out_a_kill_9_of_postgresql() {
     w.send("SEND after").await;
     confirmed.push((answer(&mut w).await.unwrap(), "after".to_owned()));
     assert_backlog_is(&s, &confirmed).await;
+    // The loss and the return are logged once each, by the store and by
+    // the wake-up listener, however many attempts it took.
+    let log = wait_for_log(&s, "wake-up connection to the database is back").await;
+    for line in [
+        "lost the database connection",
+        "reconnected to the database",
+        "lost the wake-up connection",
+        "wake-up connection to the database is back",
+    ] {
+        assert_eq!(log.matches(line).count(), 1, "{line:?} in:\n{log}");
+    }
+}
+
+/// The server's log once it holds `needle` (bounded by the deadline).
+async fn wait_for_log(s: &Server, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let log = s.log.lock().unwrap().clone();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
