@@ -413,6 +413,121 @@ fn forgetting_mids_keeps_the_newest_and_the_young_of_every_store() {
     assert_eq!(left, ["o1", "o5", "y4", "y5"]);
 }
 
+/// The process id of the backend of database `db` that waits on
+/// `wait_event` (bounded by the deadline).
+fn backend_waiting(admin: &mut postgres::Client, db: &str, wait_event: &str) -> i32 {
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = $2",
+                &[&db, &wait_event],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend waits on {wait_event}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn terminate(admin: &mut postgres::Client, pid: i32) {
+    let done: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(done);
+}
+
+#[test]
+fn a_commit_cut_off_after_it_was_written_is_settled_as_stored() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let db = url.rsplit('/').next().unwrap();
+    let mut admin = psql(&pg.url("postgres"));
+    let mut s = PostgresStore::open(&url).unwrap();
+    assert_eq!(append(&mut s, "w", &["before"]), [1]);
+    // Commits now wait for a standby that does not exist: written locally,
+    // never answered. The server reloads its settings in the background;
+    // a new connection shows when it has.
+    let set_standby = |admin: &mut postgres::Client, names: &str| {
+        admin
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+            ))
+            .unwrap();
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        let deadline = Instant::now() + common::DEADLINE;
+        while psql(&url)
+            .query_one("SHOW synchronous_standby_names", &[])
+            .unwrap()
+            .get::<_, String>(0)
+            != names
+        {
+            assert!(Instant::now() < deadline, "the setting was not reloaded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    set_standby(&mut admin, "nobody");
+    let mut s = PostgresStore::open(&url).unwrap();
+    let appender = std::thread::spawn(move || s.append(&[new("w", "in doubt", None)]));
+    // Its session is ended while it waits: the answer to COMMIT is lost,
+    // but the batch is committed; the store asks and says so.
+    let pid = backend_waiting(&mut admin, db, "SyncRep");
+    terminate(&mut admin, pid);
+    assert_eq!(
+        appender.join().unwrap().unwrap(),
+        vec![Appended::Stored(msg(2, "w", "in doubt"))]
+    );
+    set_standby(&mut admin, "");
+    let mut s = PostgresStore::open(&url).unwrap();
+    assert_eq!(append(&mut s, "w", &["after"]), [3]);
+}
+
+#[test]
+fn a_commit_cut_off_before_it_was_written_is_settled_as_not_stored() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let db = url.rsplit('/').next().unwrap();
+    let mut admin = psql(&pg.url("postgres"));
+    // A check that runs at COMMIT and takes its time, for sender "slow".
+    psql(&url)
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;",
+        )
+        .unwrap();
+    let mut s = PostgresStore::open(&url).unwrap();
+    psql(&url)
+        .batch_execute(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON messages
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                 WHEN (NEW.sender = 'slow') EXECUTE FUNCTION slow();",
+        )
+        .unwrap();
+    assert_eq!(append(&mut s, "w", &["before"]), [1]);
+    let appender = std::thread::spawn(move || {
+        let r = s.append(&[new("slow", "in doubt", None)]);
+        (s, r)
+    });
+    // Its session is ended during COMMIT, before the commit was written:
+    // the store asks, learns it was not stored, and says "unavailable"
+    // (the registry retries such a batch).
+    let pid = backend_waiting(&mut admin, db, "PgSleep");
+    terminate(&mut admin, pid);
+    let (mut s, r) = appender.join().unwrap();
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert_eq!(append(&mut s, "w", &["after"]), [2]);
+    assert_eq!(
+        all(&mut s),
+        vec![msg(1, "w", "before"), msg(2, "w", "after")]
+    );
+}
+
 /// The schema of version 1, as the first PostgreSQL store created it.
 const SCHEMA_V1: &str = "
     CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);

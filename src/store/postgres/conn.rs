@@ -102,9 +102,11 @@ pub(super) fn is_unavailable(e: &postgres::Error) -> bool {
 }
 
 /// Whether an error answering `COMMIT` proves the transaction was not
-/// committed: only a plain `ERROR` does. A `FATAL` (the session was ended,
-/// for instance while waiting for a synchronous standby) can come after
-/// the commit was already written, and no answer at all says nothing.
+/// committed: only a plain `ERROR` does. A `FATAL` ends the session
+/// without saying whether the commit was written before, and no answer at
+/// all (a session ended while waiting for a synchronous standby, after
+/// the commit was written locally, just closes) says nothing: both are
+/// asked about.
 pub(super) fn refused_commit(e: &postgres::Error) -> bool {
     e.as_db_error()
         .is_some_and(|db| db.parsed_severity() == Some(postgres::error::Severity::Error))
