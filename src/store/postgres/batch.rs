@@ -25,9 +25,9 @@ pub(super) enum Outcome {
 /// Writes one batch in one transaction: the counter row locked (every
 /// node's batches queue on it, so seqs are dense and commit in seq order),
 /// the batch's message ids looked up under that lock (a mid stored before,
-/// through any node, is answered with its first seq), the counter moved on
-/// by the number of new messages, the rows inserted and `herald_log`
-/// notified (delivered at commit), in one statement.
+/// through any node, is answered with its first seq), then in one
+/// statement the counter moved on by the number of new messages, the rows
+/// inserted and `herald_log` notified (delivered at commit).
 pub(super) fn write_batch(conn: &mut Client, batch: &[NewMessage]) -> Outcome {
     // Everything before COMMIT: an error means nothing was committed (the
     // server rolls back a transaction whose connection is gone).
@@ -127,12 +127,13 @@ fn prepare_batch<'c>(
         )));
     }
     if seq > head {
-        tx.execute("UPDATE counter SET last = $1", &[&(seq.0 as i64)])?;
         // Data-modifying WITH parts always run to completion. Under the
         // counter's lock no other node can have stored one of these mids,
         // so a conflict cannot happen; were it to, the first seq is kept.
         tx.query_one(
-            "WITH m AS (
+            "WITH c AS (
+                 UPDATE counter SET last = $9::bigint
+             ), m AS (
                  INSERT INTO mids (client_id, mid, seq, unix_ms)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
                  ON CONFLICT (client_id, mid) DO NOTHING
@@ -140,7 +141,7 @@ fn prepare_batch<'c>(
                  INSERT INTO messages (seq, unix_ms, sender, text)
                  SELECT * FROM unnest($5::bigint[], $6::bigint[], $7::text[], $8::bytea[])
              )
-             SELECT pg_notify('herald_log', $9::text)",
+             SELECT pg_notify('herald_log', ($9::bigint)::text)",
             &[
                 &rows.mid_clients,
                 &rows.mid_ids,
@@ -150,7 +151,7 @@ fn prepare_batch<'c>(
                 &rows.times,
                 &rows.senders,
                 &rows.texts,
-                &seq.0.to_string(),
+                &(seq.0 as i64),
             ],
         )?;
     }
