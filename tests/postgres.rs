@@ -863,10 +863,55 @@ async fn assert_backlog_is(s: &Server, confirmed: &[(u64, String)]) {
     assert_eq!(got, confirmed);
 }
 
+/// PostgreSQL's data directory (its processes' working directory), asked
+/// on a thread of its own (the blocking client must not run inside a
+/// test's async runtime).
+fn data_directory(url: &str) -> std::path::PathBuf {
+    let url = url.to_owned();
+    let dir: String = std::thread::spawn(move || {
+        psql(&url)
+            .query_one("SHOW data_directory", &[])
+            .unwrap()
+            .get(0)
+    })
+    .join()
+    .unwrap();
+    std::fs::canonicalize(dir).unwrap()
+}
+
+/// kill -9 of PostgreSQL, and the wait until its backends are gone too:
+/// each notices the postmaster's death a moment later, and until then may
+/// still finish a commit.
+fn kill9_and_wait(pg: &mut PgServer, data_dir: &std::path::Path) {
+    pg.kill9();
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let alive = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == data_dir));
+        if !alive {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL's backends outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[tokio::test]
 async fn the_server_rides_out_a_kill_9_of_postgresql() {
     let mut pg = PgServer::start();
     let url = pg.new_database();
+    let data_dir = data_directory(&url);
     let s = on_pg(&url, "w,r");
     let (mut w, _) = s.login("w").await;
     let mut confirmed: Vec<(u64, String)> = Vec::new();
@@ -875,7 +920,7 @@ async fn the_server_rides_out_a_kill_9_of_postgresql() {
         w.send(&format!("SEND {text}")).await;
         confirmed.push((answer(&mut w).await.unwrap(), text));
     }
-    pg.kill9();
+    kill9_and_wait(&mut pg, &data_dir);
     // While the database is down a SEND is neither refused (a resend would
     // be stored later, so an ERR would make a client drop it for nothing)
     // nor confirmed: it waits, unanswered.

@@ -3,13 +3,41 @@
 
 use std::collections::HashMap;
 
-use postgres::{Client, IsolationLevel, Transaction};
+use postgres::{IsolationLevel, Transaction};
 
-use super::conn::refused_commit;
+use super::conn::{prepared, refused_commit, Conn, Statements};
 use super::seq_of;
 use crate::net::Message;
 use crate::store::{Appended, NewMessage};
 use crate::types::Seq;
+
+/// Locks the counter row (every node's appends queue here) and says the
+/// transaction's id, to ask its fate should the answer to `COMMIT` be lost.
+const LOCK_COUNTER: &str = "SELECT last, txid_current() FROM counter FOR UPDATE";
+
+/// Which of a batch's `(client_id, mid)` pairs are stored, under which seq.
+const STORED_MIDS: &str = "
+    SELECT m.client_id, m.mid, m.seq FROM mids m
+    JOIN unnest($1::text[], $2::text[]) AS b(client_id, mid)
+      ON m.client_id = b.client_id AND m.mid = b.mid";
+
+/// Stores a numbered batch: moves the counter to `$9`, inserts the mids
+/// (`$1`–`$4`) and the messages (`$5`–`$8`), and notifies `herald_log`.
+/// Data-modifying WITH parts always run to completion. Under the counter's
+/// lock no other node can have stored one of these mids, so a conflict
+/// cannot happen; were it to, the first seq is kept.
+const INSERT_BATCH: &str = "
+    WITH c AS (
+        UPDATE counter SET last = $9::bigint
+    ), m AS (
+        INSERT INTO mids (client_id, mid, seq, unix_ms)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+        ON CONFLICT (client_id, mid) DO NOTHING
+    ), i AS (
+        INSERT INTO messages (seq, unix_ms, sender, text)
+        SELECT * FROM unnest($5::bigint[], $6::bigint[], $7::text[], $8::bytea[])
+    )
+    SELECT pg_notify('herald_log', ($9::bigint)::text)";
 
 /// What became of a batch's transaction.
 pub(super) enum Outcome {
@@ -28,7 +56,7 @@ pub(super) enum Outcome {
 /// through any node, is answered with its first seq), then in one
 /// statement the counter moved on by the number of new messages, the rows
 /// inserted and `herald_log` notified (delivered at commit).
-pub(super) fn write_batch(conn: &mut Client, batch: &[NewMessage]) -> Outcome {
+pub(super) fn write_batch(conn: &mut Conn, batch: &[NewMessage]) -> Outcome {
     // Everything before COMMIT: an error means nothing was committed (the
     // server rolls back a transaction whose connection is gone).
     match prepare_batch(conn, batch) {
@@ -57,6 +85,7 @@ struct BatchRows<'a> {
 /// The mids of `batch` already stored, by any node: `(client, mid) → seq`.
 fn stored_mids(
     tx: &mut Transaction<'_>,
+    statements: &mut Statements,
     batch: &[NewMessage],
 ) -> Result<HashMap<(String, String), Seq>, postgres::Error> {
     let (clients, ids): (Vec<&str>, Vec<&str>) = batch
@@ -67,12 +96,8 @@ fn stored_mids(
     if ids.is_empty() {
         return Ok(found);
     }
-    for row in tx.query(
-        "SELECT m.client_id, m.mid, m.seq FROM mids m
-         JOIN unnest($1::text[], $2::text[]) AS b(client_id, mid)
-           ON m.client_id = b.client_id AND m.mid = b.mid",
-        &[&clients, &ids],
-    )? {
+    let lookup = prepared(tx, statements, STORED_MIDS)?;
+    for row in tx.query(&lookup, &[&clients, &ids])? {
         found.insert((row.try_get(0)?, row.try_get(1)?), seq_of(row.try_get(2)?));
     }
     Ok(found)
@@ -81,20 +106,22 @@ fn stored_mids(
 /// The batch's transaction up to (not including) its `COMMIT`, with the
 /// transaction's id and what each message became.
 fn prepare_batch<'c>(
-    conn: &'c mut Client,
+    conn: &'c mut Conn,
     batch: &[NewMessage],
 ) -> Result<(Transaction<'c>, i64, Vec<Appended>), postgres::Error> {
+    let (client, statements) = conn.split();
     // Read committed, whatever the database's default: each statement
     // after the counter's lock must see the batches committed before it
     // (a stricter level would fail on the locked row instead of waiting).
-    let mut tx = conn
+    let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()?;
-    let row = tx.query_one("SELECT last, txid_current() FROM counter FOR UPDATE", &[])?;
+    let lock = prepared(&mut tx, statements, LOCK_COUNTER)?;
+    let row = tx.query_one(&lock, &[])?;
     let head = seq_of(row.try_get(0)?);
     let xid: i64 = row.try_get(1)?;
-    let mut known = stored_mids(&mut tx, batch)?;
+    let mut known = stored_mids(&mut tx, statements, batch)?;
     let mut rows = BatchRows::default();
     let mut result = Vec::with_capacity(batch.len());
     let mut seq = head;
@@ -127,21 +154,9 @@ fn prepare_batch<'c>(
         )));
     }
     if seq > head {
-        // Data-modifying WITH parts always run to completion. Under the
-        // counter's lock no other node can have stored one of these mids,
-        // so a conflict cannot happen; were it to, the first seq is kept.
+        let insert = prepared(&mut tx, statements, INSERT_BATCH)?;
         tx.query_one(
-            "WITH c AS (
-                 UPDATE counter SET last = $9::bigint
-             ), m AS (
-                 INSERT INTO mids (client_id, mid, seq, unix_ms)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-                 ON CONFLICT (client_id, mid) DO NOTHING
-             ), i AS (
-                 INSERT INTO messages (seq, unix_ms, sender, text)
-                 SELECT * FROM unnest($5::bigint[], $6::bigint[], $7::text[], $8::bytea[])
-             )
-             SELECT pg_notify('herald_log', ($9::bigint)::text)",
+            &insert,
             &[
                 &rows.mid_clients,
                 &rows.mid_ids,

@@ -2,9 +2,11 @@
 //! to wait before the next attempt, and which errors mean "the database is
 //! away" rather than "the database said no".
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::types::{BorrowToSql, ToSql};
+use postgres::{Client, GenericClient, NoTls, Row, RowIter, Statement};
 
 use crate::store::StoreError;
 
@@ -39,12 +41,107 @@ pub(super) fn config(url: &str) -> Result<postgres::Config, StoreError> {
 }
 
 /// Opens a connection and sets it up for the store.
-pub(super) fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
+pub(super) fn connect(config: &postgres::Config) -> Result<Conn, postgres::Error> {
     let mut client = config.connect(NoTls)?;
     client.batch_execute(&format!(
         "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
     ))?;
-    Ok(client)
+    Ok(Conn {
+        client,
+        statements: HashMap::new(),
+    })
+}
+
+/// The statements prepared on one connection, by their text.
+pub(super) type Statements = HashMap<&'static str, Statement>;
+
+/// `sql` as a statement prepared on `client`'s connection: prepared the
+/// first time only (a query by text costs one more round trip each time,
+/// and the append's round trips hold the counter row every node waits on).
+pub(super) fn prepared(
+    client: &mut impl GenericClient,
+    statements: &mut Statements,
+    sql: &'static str,
+) -> Result<Statement, postgres::Error> {
+    if let Some(s) = statements.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = client.prepare(sql)?;
+    statements.insert(sql, s.clone());
+    Ok(s)
+}
+
+/// The store's connection and the statements prepared on it.
+pub(super) struct Conn {
+    client: Client,
+    statements: Statements,
+}
+
+impl Conn {
+    /// Whether the connection is known to be gone.
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The client and the prepared statements apart, for a transaction.
+    pub(super) fn split(&mut self) -> (&mut Client, &mut Statements) {
+        (&mut self.client, &mut self.statements)
+    }
+
+    /// The client itself, for statements run too rarely to keep prepared.
+    pub(super) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    pub(super) fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.statements, sql)?;
+        self.client.query(&s, params)
+    }
+
+    pub(super) fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.statements, sql)?;
+        self.client.query_one(&s, params)
+    }
+
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.statements, sql)?;
+        self.client.query_opt(&s, params)
+    }
+
+    pub(super) fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.statements, sql)?;
+        self.client.execute(&s, params)
+    }
+
+    pub(super) fn query_raw<P, I>(
+        &mut self,
+        sql: &'static str,
+        params: I,
+    ) -> Result<RowIter<'_>, postgres::Error>
+    where
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let s = prepared(&mut self.client, &mut self.statements, sql)?;
+        self.client.query_raw(&s, params)
+    }
 }
 
 /// The wait before the next connection attempt: 100 ms, doubling up to 2 s,

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::Client;
 
 use super::{
     Appended, LoginClaim, LoginView, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError,
@@ -27,7 +26,7 @@ use super::{
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 use batch::{write_batch, Outcome};
-use conn::{one_line, Backoff};
+use conn::{one_line, Backoff, Conn};
 use schema::init_schema;
 
 mod batch;
@@ -108,7 +107,7 @@ const FORGET_MIDS: &str = "
 pub struct PostgresStore {
     config: postgres::Config,
     /// The connection; `None` after it was lost.
-    client: Option<Client>,
+    client: Option<Conn>,
     /// No reconnection attempt before this instant.
     retry_at: Instant,
     /// The wait after the next failed attempt.
@@ -137,7 +136,7 @@ impl PostgresStore {
         let mut client = conn::connect(&config).map_err(|e| {
             StoreError::Unusable(format!("cannot connect to the database: {}", one_line(&e)))
         })?;
-        init_schema(&mut client)?;
+        init_schema(client.client())?;
         Ok(PostgresStore {
             config,
             client: Some(client),
@@ -149,7 +148,7 @@ impl PostgresStore {
 
     /// The live connection, reconnecting when it was lost and the backoff
     /// allows another attempt.
-    fn conn(&mut self) -> Result<&mut Client, StoreError> {
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.lose("the connection closed");
         }
@@ -198,10 +197,7 @@ impl PostgresStore {
     }
 
     /// Runs `f` on the live connection.
-    fn run<T>(
-        &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, Failed>,
-    ) -> Result<T, StoreError> {
+    fn run<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T, Failed>) -> Result<T, StoreError> {
         let r = f(self.conn()?);
         r.map_err(|e| match e {
             Failed::Db(e) => self.fail(e),
@@ -437,7 +433,7 @@ impl Store for PostgresStore {
     fn prune(&mut self, upto: Seq) -> Result<u64, StoreError> {
         let upto = upto.0 as i64;
         self.run(|conn| {
-            let mut tx = conn.transaction()?;
+            let mut tx = conn.client().transaction()?;
             let deleted = tx.execute("DELETE FROM messages WHERE seq <= $1", &[&upto])?;
             tx.execute(
                 "UPDATE meta SET value = $1 WHERE key = 'pruned_upto' AND value < $1",
