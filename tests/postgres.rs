@@ -664,7 +664,8 @@ fn catcher() -> (Recipient<Wake>, mpsc::Receiver<Wake>, System) {
     (recipient, got, system)
 }
 
-/// Waits for `want`, skipping other wake-ups; returns how many it skipped.
+/// Waits for `want` (bounded by the deadline); returns the other wake-ups
+/// that came before it.
 fn wait_for_wake(got: &mpsc::Receiver<Wake>, want: Wake) -> Vec<Wake> {
     let deadline = Instant::now() + common::DEADLINE;
     let mut skipped = Vec::new();
