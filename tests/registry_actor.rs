@@ -7,43 +7,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use herald::actors::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId, Shutdown};
+use herald::actors::messages::{Credit, Publish, Shutdown};
 use herald::actors::{Registry, RegistryConfig, ToSession};
 use herald::net::{ByeReason, ErrorCode, Tags};
 use herald::store::{MemoryStore, Recovered, StoreActor};
 use herald::{ClientId, Seq};
-use tokio::sync::mpsc;
-
-/// A stand-in session: forwards everything it is sent to the test, and
-/// returns delivery credit at once when `auto_credit` is set.
-struct Mock {
-    session: SessionId,
-    registry: Addr<Registry>,
-    tx: mpsc::UnboundedSender<ToSession>,
-    auto_credit: bool,
-}
-
-impl Actor for Mock {
-    type Context = Context<Self>;
-}
-
-impl Handler<ToSession> for Mock {
-    type Result = ();
-    fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
-        if let (true, ToSession::Deliver(ms)) = (self.auto_credit, &msg) {
-            let bytes = ms.iter().map(|m| m.frame().len()).sum();
-            self.registry.do_send(Credit {
-                session: self.session,
-                bytes,
-            });
-        }
-        let _ = self.tx.send(msg);
-    }
-}
-
-fn id(s: &str) -> ClientId {
-    ClientId::new(s).unwrap()
-}
+#[path = "common/mock.rs"]
+mod mock;
+use mock::{id, Client};
 
 fn start(ids: &[&str], config: RegistryConfig) -> Addr<Registry> {
     let slot = Mutex::new(Some(
@@ -52,111 +23,6 @@ fn start(ids: &[&str], config: RegistryConfig) -> Addr<Registry> {
     let store = SyncArbiter::start(1, move || StoreActor::new(slot.lock().unwrap().take()));
     let ids: Vec<ClientId> = ids.iter().map(|s| id(s)).collect();
     Registry::new(config, ids, Recovered::default(), store).start()
-}
-
-struct Client {
-    session: SessionId,
-    id: ClientId,
-    registry: Addr<Registry>,
-    rx: mpsc::UnboundedReceiver<ToSession>,
-}
-
-impl Client {
-    async fn connect(registry: &Addr<Registry>, name: &str, auto_credit: bool) -> Client {
-        let session = SessionId::next();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mock = Mock {
-            session,
-            registry: registry.clone(),
-            tx,
-            auto_credit,
-        }
-        .start();
-        registry.do_send(Login {
-            session,
-            id: id(name),
-            secret: None,
-            to: mock.recipient(),
-            peer: None,
-        });
-        Client {
-            session,
-            id: id(name),
-            registry: registry.clone(),
-            rx,
-        }
-    }
-
-    async fn next(&mut self) -> ToSession {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
-            .await
-            .expect("timed out waiting for the registry")
-            .expect("mock session gone")
-    }
-
-    async fn welcome(&mut self) -> u64 {
-        match self.next().await {
-            ToSession::Welcome { pending, .. } => pending,
-            other => panic!("expected WELCOME, got {other:?}"),
-        }
-    }
-
-    fn publish(&self, text: &str) {
-        self.registry.do_send(Publish {
-            session: self.session,
-            text: Bytes::copy_from_slice(text.as_bytes()),
-            tags: Tags::default(),
-        });
-    }
-
-    async fn sent(&mut self) -> Vec<Seq> {
-        match self.next().await {
-            ToSession::Sent(seqs) => seqs,
-            other => panic!("expected SENT, got {other:?}"),
-        }
-    }
-
-    /// Collects `SENT` answers until `n` seqs arrived.
-    async fn sent_n(&mut self, n: usize) -> Vec<Seq> {
-        let mut seqs = Vec::new();
-        while seqs.len() < n {
-            seqs.extend(self.sent().await);
-        }
-        assert_eq!(seqs.len(), n, "more answers than sends");
-        seqs
-    }
-
-    /// Collects delivered (seq, from, text) until `n` messages arrived.
-    async fn delivered(&mut self, n: usize) -> Vec<(u64, String, String)> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            match self.next().await {
-                ToSession::Deliver(ms) => out.extend(ms.iter().map(|m| {
-                    (
-                        m.seq().0,
-                        m.from().to_string(),
-                        String::from_utf8(m.text().to_vec()).unwrap(),
-                    )
-                })),
-                other => panic!("expected MSG, got {other:?}"),
-            }
-        }
-        assert_eq!(out.len(), n, "more messages than expected");
-        out
-    }
-
-    fn ack(&self, seq: u64) {
-        self.registry.do_send(Ack {
-            id: self.id.clone(),
-            seq: Seq(seq),
-        });
-    }
-
-    fn disconnect(&self) {
-        self.registry.do_send(Disconnect {
-            session: self.session,
-        });
-    }
 }
 
 #[actix_rt::test]
@@ -487,16 +353,16 @@ impl herald::store::Store for Shared {
     }
     fn append(
         &mut self,
-        batch: &[herald::Message],
-        mids: &[herald::store::MidRecord],
-    ) -> Result<(), herald::store::StoreError> {
-        self.0.lock().unwrap().append(batch, mids)
+        batch: &[herald::store::NewMessage],
+    ) -> Result<Vec<herald::store::Appended>, herald::store::StoreError> {
+        self.0.lock().unwrap().append(batch)
     }
     fn forget_mids(
         &mut self,
         cutoffs: &[(ClientId, Seq)],
+        policy: &herald::store::MidPolicy,
     ) -> Result<(), herald::store::StoreError> {
-        self.0.lock().unwrap().forget_mids(cutoffs)
+        self.0.lock().unwrap().forget_mids(cutoffs, policy)
     }
     fn read_after(
         &mut self,

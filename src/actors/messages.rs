@@ -94,6 +94,17 @@ pub struct Ack {
     pub seq: Seq,
 }
 
+/// Save this id's `last_ack` now (answered once it is stored, or failed):
+/// a client that quits is told `BYE quit` only after its acknowledgements
+/// are stored, so logging in again at once, on any node, does not bring
+/// back what it acknowledged.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct SaveAck {
+    /// The client id whose `last_ack` to save.
+    pub id: ClientId,
+}
+
 /// The session wrote `bytes` of delivered frames to its socket; the registry
 /// may push that much more.
 #[derive(ActixMessage)]

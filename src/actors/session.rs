@@ -25,7 +25,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
 use super::answers::{Answers, Owed};
-use super::messages::{Ack, Credit, Disconnect, InputEnded, Login, Publish, SessionId, ToSession};
+use super::messages::{
+    Ack, Credit, Disconnect, InputEnded, Login, Publish, SaveAck, SessionId, ToSession,
+};
 use super::registry::Registry;
 use crate::net::transport::{Connection, Reader, Writer, SMALL_READ};
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
@@ -34,6 +36,11 @@ use crate::types::{ClientId, Seq};
 /// Smallest and largest room made for one socket read.
 const MIN_READ: usize = SMALL_READ;
 const MAX_READ: usize = 64 * 1024;
+
+/// How long `QUIT` waits for the client's acknowledgements to be stored
+/// before it says `BYE quit` anyway (they are then saved with the next
+/// flush; at worst a few messages come again).
+const SAVE_ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Tunables of a session.
 #[derive(Clone, Debug)]
@@ -443,14 +450,26 @@ impl Session {
                 self.acked = self.acked.max(seq);
             }
             ClientFrame::Ping { token } => self.answer(ServerFrame::Pong { token }),
-            ClientFrame::Quit => {
-                self.answer(ServerFrame::Bye {
-                    reason: ByeReason::Quit,
-                });
-                self.forward_ack();
-                self.begin_close(ctx);
-            }
+            ClientFrame::Quit => self.quit(ctx),
         }
+    }
+
+    /// `QUIT`: says `BYE quit` and closes, once the registry saved the
+    /// client's acknowledgements (waiting at most [`SAVE_ACK_WAIT`]; frames
+    /// after `QUIT` are not read meanwhile).
+    fn quit(&mut self, ctx: &mut Context<Self>) {
+        self.forward_ack();
+        let bye = |act: &mut Session, ctx: &mut Context<Session>| {
+            act.answer(ServerFrame::Bye {
+                reason: ByeReason::Quit,
+            });
+            act.begin_close(ctx);
+        };
+        let Some(id) = self.login.id().cloned() else {
+            return bye(self, ctx);
+        };
+        let saved = tokio::time::timeout(SAVE_ACK_WAIT, self.registry.send(SaveAck { id }));
+        ctx.wait(saved.into_actor(self).map(move |_, act, ctx| bye(act, ctx)));
     }
 
     /// Sends the highest new ack to the registry (once per read, not per frame).

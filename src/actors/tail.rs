@@ -36,6 +36,12 @@ impl Tail {
         self.messages.iter().skip(skip)
     }
 
+    /// Forgets every message (the next one pushed need not follow them).
+    pub(super) fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
     pub(super) fn push(&mut self, m: Message, max_messages: usize, max_bytes: usize) {
         self.bytes += m.frame().len();
         self.messages.push_back(m);

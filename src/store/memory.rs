@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{MidRecord, Recovered, Store, StoreError};
+use super::{number_from, Appended, MidPolicy, NewMessage, Recovered, Store, StoreError};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
@@ -22,6 +22,16 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// The highest seq given.
+    fn head(&self) -> Seq {
+        self.log.back().map_or(self.pruned_upto, Message::seq)
+    }
+
+    /// Appends messages that already have their seqs.
+    fn write(&mut self, batch: &[Message]) {
+        self.log.extend(batch.iter().cloned());
+    }
+
     /// Index in `log` of the first message with seq > `after`.
     fn index_after(&self, after: Seq) -> usize {
         self.log.partition_point(|m| m.seq() <= after)
@@ -31,16 +41,18 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn recover(&mut self) -> Result<Recovered, StoreError> {
         Ok(Recovered {
-            head: self.log.back().map_or(self.pruned_upto, Message::seq),
+            head: self.head(),
             acks: self.acks.clone(),
             mids: Vec::new(),
+            shared: false,
         })
     }
 
-    fn append(&mut self, batch: &[Message], _mids: &[MidRecord]) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
         // The registry remembers mids itself; nothing outlives the process.
-        self.log.extend(batch.iter().cloned());
-        Ok(())
+        let (messages, _mids) = number_from(self.head(), batch);
+        self.write(&messages);
+        Ok(messages.into_iter().map(Appended::Stored).collect())
     }
 
     fn read_after(
@@ -107,7 +119,11 @@ impl Store for MemoryStore {
         Ok(n as u64)
     }
 
-    fn forget_mids(&mut self, _cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+    fn forget_mids(
+        &mut self,
+        _cutoffs: &[(ClientId, Seq)],
+        _policy: &MidPolicy,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -127,8 +143,7 @@ mod tests {
     #[test]
     fn reads_ranges_and_counts_others() {
         let mut s = MemoryStore::new();
-        s.append(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")], &[])
-            .unwrap();
+        s.write(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")]);
         let got: Vec<u64> = s
             .read_after(Seq(1), Seq(4), 2, usize::MAX)
             .unwrap()

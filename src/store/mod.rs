@@ -68,6 +68,95 @@ pub struct Recovered {
     pub acks: HashMap<ClientId, Seq>,
     /// The message ids still remembered.
     pub mids: Vec<MidRecord>,
+    /// Other nodes write to this store too (a cluster): the registry then
+    /// follows the log for their commits and claims logins in the store.
+    pub shared: bool,
+}
+
+/// A message to store, before the store gives it its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Who sent it.
+    pub from: ClientId,
+    /// When the broker received it.
+    pub unix_ms: u64,
+    /// The text (valid UTF-8, checked when it was received).
+    pub text: bytes::Bytes,
+    /// The client's message id, if it sent one.
+    pub mid: Option<String>,
+}
+
+/// What became of one [`NewMessage`] of an append, in the batch's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under the seq the message carries.
+    Stored(Message),
+    /// Its message id was stored before (by any node): not stored again;
+    /// this is the first copy's seq.
+    Duplicate(Seq),
+}
+
+/// Numbers `batch` from `head` on, for stores with a single writer: the
+/// messages with their frames, and the message ids to remember.
+pub fn number_from(head: Seq, batch: &[NewMessage]) -> (Vec<Message>, Vec<MidRecord>) {
+    let mut seq = head;
+    let mut mids = Vec::new();
+    let messages = batch
+        .iter()
+        .map(|n| {
+            seq = seq.next();
+            if let Some(mid) = &n.mid {
+                mids.push(MidRecord {
+                    client: n.from.clone(),
+                    mid: mid.clone(),
+                    seq,
+                    unix_ms: n.unix_ms,
+                });
+            }
+            Message::new(seq, n.unix_ms, n.from.clone(), &n.text)
+        })
+        .collect();
+    (messages, mids)
+}
+
+/// Which message ids may be forgotten: per client id, those beyond its
+/// newest `keep` that are older than `max_age_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MidPolicy {
+    /// The newest this many per client id are always kept…
+    pub keep: usize,
+    /// …and every one younger than this.
+    pub max_age_ms: u64,
+    /// The time the age is measured at.
+    pub now_ms: u64,
+}
+
+/// A login, as the store is asked to record it (see [`Store::login`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginClaim {
+    /// The client id logging in.
+    pub client: ClientId,
+    /// This node's id (written into the store's sessions row).
+    pub node: String,
+    /// The `last_ack` the registry knows for it.
+    pub known_ack: Seq,
+    /// The registry's head.
+    pub known_head: Seq,
+}
+
+/// What the store says about a login (see [`Store::login`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginView {
+    /// The claim's number: a later login of the same id, on any node, gets
+    /// a higher one and replaces this one. Always 0 in a single-node store.
+    pub epoch: u64,
+    /// The id's `last_ack`: the higher of the store's and the registry's.
+    pub last_ack: Seq,
+    /// The highest committed seq the backlog was counted up to (at least
+    /// the registry's head).
+    pub head: Seq,
+    /// Messages from others in `(last_ack, head]`: the `WELCOME` count.
+    pub backlog: u64,
 }
 
 /// The message log and acknowledgement cursors.
@@ -78,16 +167,23 @@ pub trait Store: Send + 'static {
     /// Reads what a previous run left behind.
     fn recover(&mut self) -> Result<Recovered, StoreError>;
 
-    /// Stores `batch` (consecutive seqs, in order) and the message ids that
-    /// came with some of them as one atomic unit: after `Ok` all of it
-    /// survives what the store promises to survive, after `Err` none of it
+    /// Numbers and stores `batch` and the message ids that came with it as
+    /// one atomic unit, and says per message what became of it, in order.
+    /// Seqs are dense and given in commit order. After `Ok` all of it
+    /// survives what the store promises to survive; after `Err` none of it
     /// is stored.
-    fn append(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError>;
+    fn append(&mut self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError>;
 
-    /// Forgets, for each `(client, cutoff)`, the message ids that client
-    /// stored under a seq below `cutoff` (the registry no longer remembers
-    /// them).
-    fn forget_mids(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError>;
+    /// Forgets old message ids. A single-node store forgets, for each
+    /// `(client, cutoff)`, those stored under a seq below `cutoff` (what the
+    /// registry no longer remembers); a store shared by nodes applies
+    /// `policy` over every node's ids instead, since one node's cutoffs know
+    /// nothing of the others'.
+    fn forget_mids(
+        &mut self,
+        cutoffs: &[(ClientId, Seq)],
+        policy: &MidPolicy,
+    ) -> Result<(), StoreError>;
 
     /// Stored messages with `after < seq <= upto`, in seq order: at most
     /// `max` of them and at most `max_bytes` of frames, but always at least
@@ -118,6 +214,29 @@ pub trait Store: Send + 'static {
         reader: &ClientId,
     ) -> Result<u64, StoreError>;
 
+    /// Records a login: claims the id's session for this node and counts
+    /// its backlog. A single-node store (this default) only counts: the
+    /// registry's own `last_ack` and head are the truth.
+    fn login(&mut self, claim: &LoginClaim) -> Result<LoginView, StoreError> {
+        let backlog = self.count_from_others(claim.known_ack, claim.known_head, &claim.client)?;
+        Ok(LoginView {
+            epoch: 0,
+            last_ack: claim.known_ack,
+            head: claim.known_head,
+            backlog,
+        })
+    }
+
+    /// The current session epoch of each of `clients` that has one: a
+    /// node holding one of them under a lower epoch was replaced by a
+    /// login elsewhere. A single-node store (this default) has none.
+    fn session_epochs(
+        &mut self,
+        _clients: &[ClientId],
+    ) -> Result<Vec<(ClientId, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Records each client id's new `last_ack`.
     fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError>;
 
@@ -128,6 +247,21 @@ pub trait Store: Send + 'static {
 
     /// Makes everything written so far durable, before a clean stop.
     fn flush(&mut self) -> Result<(), StoreError>;
+}
+
+/// A wake-up through the database from another node (or this node's own
+/// commit, echoed): look again. Wake-ups carry no data and may be lost; the
+/// registry's periodic catch-up covers a lost one.
+#[derive(ActixMessage, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum Wake {
+    /// Messages were committed: read the log after the head.
+    Log,
+    /// A login claimed a session: check whether one held here was taken.
+    Sessions,
+    /// The wake-up connection was (re)established: wake-ups may have been
+    /// missed, so look at both.
+    Reconnected,
 }
 
 /// Runs a [`Store`] on a dedicated thread and answers the registry's
@@ -159,26 +293,49 @@ impl Actor for StoreActor {
     type Context = SyncContext<Self>;
 }
 
-/// Append a batch; answers with the batch once it is stored.
+/// Number and store a batch; see [`Store::append`].
 #[derive(ActixMessage)]
-#[rtype(result = "Result<Vec<Message>, StoreError>")]
-pub struct Append {
-    /// The messages, consecutive seqs in order.
-    pub messages: Vec<Message>,
-    /// The message ids some of them came with.
-    pub mids: Vec<MidRecord>,
-}
+#[rtype(result = "Result<Vec<Appended>, StoreError>")]
+pub struct Append(pub Vec<NewMessage>);
 
-/// Forget old message ids: per client id, those stored under a seq below
-/// its cutoff; see [`Store::forget_mids`].
+/// Forget old message ids; see [`Store::forget_mids`].
 #[derive(ActixMessage)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct ForgetMids(pub Vec<(ClientId, Seq)>);
+pub struct ForgetMids {
+    /// Per client id, the seq below which the registry forgot its ids.
+    pub cutoffs: Vec<(ClientId, Seq)>,
+    /// What may be forgotten, for a store shared by nodes.
+    pub policy: MidPolicy,
+}
 
 impl Handler<ForgetMids> for StoreActor {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: ForgetMids, _: &mut Self::Context) -> Self::Result {
-        self.store()?.forget_mids(&msg.0)
+        self.store()?.forget_mids(&msg.cutoffs, &msg.policy)
+    }
+}
+
+/// Record a login; see [`Store::login`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<LoginView, StoreError>")]
+pub struct ClaimLogin(pub LoginClaim);
+
+impl Handler<ClaimLogin> for StoreActor {
+    type Result = Result<LoginView, StoreError>;
+    fn handle(&mut self, msg: ClaimLogin, _: &mut Self::Context) -> Self::Result {
+        self.store()?.login(&msg.0)
+    }
+}
+
+/// Read session epochs; see [`Store::session_epochs`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<Vec<(ClientId, u64)>, StoreError>")]
+pub struct SessionEpochs(pub Vec<ClientId>);
+
+impl Handler<SessionEpochs> for StoreActor {
+    type Result = Result<Vec<(ClientId, u64)>, StoreError>;
+    fn handle(&mut self, msg: SessionEpochs, _: &mut Self::Context) -> Self::Result {
+        self.store()?.session_epochs(&msg.0)
     }
 }
 
@@ -278,10 +435,9 @@ impl Handler<Prune> for StoreActor {
 pub struct Flush;
 
 impl Handler<Append> for StoreActor {
-    type Result = Result<Vec<Message>, StoreError>;
+    type Result = Result<Vec<Appended>, StoreError>;
     fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
-        self.store()?.append(&msg.messages, &msg.mids)?;
-        Ok(msg.messages)
+        self.store()?.append(&msg.0)
     }
 }
 

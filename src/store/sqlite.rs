@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{MidRecord, Recovered, Store, StoreError};
+use super::{
+    number_from, Appended, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError,
+};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
@@ -57,6 +59,8 @@ pub struct SqliteStore {
     /// The sender of the last row read: runs of rows from one sender reuse
     /// it instead of allocating an id per row.
     last_sender: Option<ClientId>,
+    /// The highest seq stored, once known (this store is the one writer).
+    head: Option<Seq>,
     path: PathBuf,
     /// Held (locked) for as long as the store is open.
     _lock: File,
@@ -150,6 +154,7 @@ impl SqliteStore {
         let mut store = SqliteStore {
             conn,
             last_sender: None,
+            head: None,
             path,
             _lock: lock,
         };
@@ -232,65 +237,22 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn pruned_upto(&self) -> Result<Seq, StoreError> {
-        let v: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'pruned_upto'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        v.unwrap_or_default()
-            .parse::<u64>()
-            .map(Seq)
-            .map_err(|_| StoreError::Incompatible("meta.pruned_upto is not a number".into()))
-    }
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Incompatible(format!("stored {what} is invalid"))
-}
-
-impl Store for SqliteStore {
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
+    /// The highest seq stored (or pruned): numbering goes on after it.
+    fn head(&mut self) -> Result<Seq, StoreError> {
+        if let Some(h) = self.head {
+            return Ok(h);
+        }
         let max: Option<i64> = self
             .conn
             .query_row("SELECT max(seq) FROM messages", [], |r| r.get(0))?;
-        let head = Seq(max.unwrap_or(0).max(0) as u64).max(self.pruned_upto()?);
-        let mut acks = std::collections::HashMap::new();
-        let mut stmt = self.conn.prepare("SELECT client_id, last_ack FROM acks")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (id, ack) = row?;
-            let id = ClientId::new(&id).map_err(|_| corrupt("client id"))?;
-            acks.insert(id, Seq(ack.max(0) as u64));
-        }
-        let mut mids = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT client_id, mid, seq, unix_ms FROM mids ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (client, mid, seq, unix_ms) = row?;
-            mids.push(MidRecord {
-                client: ClientId::new(&client).map_err(|_| corrupt("client id"))?,
-                mid,
-                seq: Seq(seq.max(0) as u64),
-                unix_ms: unix_ms.max(0) as u64,
-            });
-        }
-        Ok(Recovered { head, acks, mids })
+        let h = Seq(max.unwrap_or(0).max(0) as u64).max(self.pruned_upto()?);
+        self.head = Some(h);
+        Ok(h)
     }
 
-    fn append(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError> {
+    /// Stores messages that already have their seqs, with their mids, in
+    /// one transaction.
+    fn write(&mut self, batch: &[Message], mids: &[MidRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             // A mid stored again after it was forgotten points at the new copy.
@@ -320,7 +282,102 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
+        if let Some(last) = batch.last() {
+            self.head = Some(last.seq());
+        }
         Ok(())
+    }
+
+    /// Forgets, per client id, the mids stored under a seq below its cutoff.
+    fn forget_mids_below(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+        // One range delete per client id on the index (client_id, seq).
+        let tx = self.conn.transaction()?;
+        {
+            let mut forget =
+                tx.prepare_cached("DELETE FROM mids WHERE client_id = ?1 AND seq < ?2")?;
+            for (client, cutoff) in cutoffs {
+                forget.execute(params![client.as_str(), cutoff.0 as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn pruned_upto(&self) -> Result<Seq, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'pruned_upto'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.unwrap_or_default()
+            .parse::<u64>()
+            .map(Seq)
+            .map_err(|_| StoreError::Incompatible("meta.pruned_upto is not a number".into()))
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Incompatible(format!("stored {what} is invalid"))
+}
+
+impl Store for SqliteStore {
+    fn recover(&mut self) -> Result<Recovered, StoreError> {
+        self.head = None;
+        let head = self.head()?;
+        let mut acks = std::collections::HashMap::new();
+        let mut stmt = self.conn.prepare("SELECT client_id, last_ack FROM acks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (id, ack) = row?;
+            let id = ClientId::new(&id).map_err(|_| corrupt("client id"))?;
+            acks.insert(id, Seq(ack.max(0) as u64));
+        }
+        let mut mids = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT client_id, mid, seq, unix_ms FROM mids ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (client, mid, seq, unix_ms) = row?;
+            mids.push(MidRecord {
+                client: ClientId::new(&client).map_err(|_| corrupt("client id"))?,
+                mid,
+                seq: Seq(seq.max(0) as u64),
+                unix_ms: unix_ms.max(0) as u64,
+            });
+        }
+        Ok(Recovered {
+            head,
+            acks,
+            mids,
+            shared: false,
+        })
+    }
+
+    fn append(&mut self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        // The one writer: numbering goes on from the highest seq stored.
+        let (messages, mids) = number_from(self.head()?, batch);
+        self.write(&messages, &mids)?;
+        Ok(messages.into_iter().map(Appended::Stored).collect())
+    }
+
+    fn forget_mids(
+        &mut self,
+        cutoffs: &[(ClientId, Seq)],
+        _policy: &MidPolicy,
+    ) -> Result<(), StoreError> {
+        // The one node's registry knows exactly what it forgot.
+        self.forget_mids_below(cutoffs)
     }
 
     fn read_after(
@@ -433,20 +490,6 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
-    fn forget_mids(&mut self, cutoffs: &[(ClientId, Seq)]) -> Result<(), StoreError> {
-        // One range delete per client id on the index (client_id, seq).
-        let tx = self.conn.transaction()?;
-        {
-            let mut forget =
-                tx.prepare_cached("DELETE FROM mids WHERE client_id = ?1 AND seq < ?2")?;
-            for (client, cutoff) in cutoffs {
-                forget.execute(params![client.as_str(), cutoff.0 as i64])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     fn flush(&mut self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -473,7 +516,7 @@ mod tests {
         {
             let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
             assert_eq!(s.recover().unwrap(), Recovered::default());
-            s.append(
+            s.write(
                 &[msg(1, "a", "one"), msg(2, "b", "two"), msg(3, "a", "three")],
                 &[],
             )
@@ -500,8 +543,7 @@ mod tests {
     fn pruning_keeps_the_numbering() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
-        s.append(&[msg(1, "a", "x"), msg(2, "a", "y")], &[])
-            .unwrap();
+        s.write(&[msg(1, "a", "x"), msg(2, "a", "y")], &[]).unwrap();
         assert_eq!(s.prune(Seq(2)).unwrap(), 2);
         drop(s);
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
@@ -564,7 +606,7 @@ mod tests {
             seq: Seq(2),
             unix_ms: 6,
         };
-        s.append(&[msg(2, "a", "new")], std::slice::from_ref(&rec))
+        s.write(&[msg(2, "a", "new")], std::slice::from_ref(&rec))
             .unwrap();
         drop(s);
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
@@ -590,9 +632,9 @@ mod tests {
             })
             .collect();
         let msgs: Vec<Message> = (1..=10).map(|i| msg(i, "a", "t")).collect();
-        s.append(&msgs, &recs).unwrap();
+        s.write(&msgs, &recs).unwrap();
         // a keeps seq >= 6 (m6, m8, m10); b keeps seq >= 3 (m3, m5, m7, m9).
-        s.forget_mids(&[(a.clone(), Seq(6)), (b.clone(), Seq(3))])
+        s.forget_mids_below(&[(a.clone(), Seq(6)), (b.clone(), Seq(3))])
             .unwrap();
         let left: Vec<String> = s
             .recover()
@@ -624,7 +666,7 @@ mod tests {
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
         let big = "x".repeat(10_000);
         let msgs: Vec<Message> = (1..=5).map(|i| msg(i, "a", &big)).collect();
-        s.append(&msgs, &[]).unwrap();
+        s.write(&msgs, &[]).unwrap();
         let frame = msgs[0].frame().len();
         let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq().0).collect::<Vec<_>>();
         assert_eq!(seqs(s.read_after(Seq(0), Seq(5), 100, 1).unwrap()), [1]);
@@ -636,7 +678,7 @@ mod tests {
             seqs(s.read_after(Seq(0), Seq(5), 100, usize::MAX).unwrap()),
             [1, 2, 3, 4, 5]
         );
-        s.append(&[msg(6, "b", "other")], &[]).unwrap();
+        s.write(&[msg(6, "b", "other")], &[]).unwrap();
         let a = ClientId::new("a").unwrap();
         assert_eq!(s.first_not_from(Seq(0), Seq(6), &a).unwrap(), Some(Seq(6)));
         assert_eq!(s.first_not_from(Seq(0), Seq(5), &a).unwrap(), None);

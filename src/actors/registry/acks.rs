@@ -5,7 +5,7 @@
 use actix::prelude::*;
 
 use super::Registry;
-use crate::actors::messages::Ack;
+use crate::actors::messages::{Ack, SaveAck};
 use crate::actors::retention::{PruneBounds, Retain};
 use crate::store::SaveAcks;
 use crate::types::{ClientId, Seq};
@@ -20,6 +20,33 @@ impl Handler<Ack> for Registry {
                 self.dirty_acks.insert(msg.id);
             }
         }
+    }
+}
+
+impl Handler<SaveAck> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: SaveAck, _: &mut Self::Context) -> Self::Result {
+        let last_ack = self.users.get(&msg.id).map(|u| u.last_ack);
+        let Some(last_ack) = last_ack.filter(|_| self.dirty_acks.remove(&msg.id)) else {
+            // Nothing new to save.
+            return Box::pin(fut::ready(()));
+        };
+        let id = msg.id;
+        Box::pin(
+            self.store
+                .send(SaveAcks(vec![(id.clone(), last_ack)]))
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    let failed = match res {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => format!("store unreachable: {e}"),
+                    };
+                    log::warn!("saving the acknowledgements of {id} failed (retried with the next flush): {failed}");
+                    act.dirty_acks.insert(id);
+                }),
+        )
     }
 }
 

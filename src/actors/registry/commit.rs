@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::Registry;
 use crate::actors::messages::{Publish, SessionId, ToSession};
 use crate::net::{ErrorCode, FrameError, Message};
-use crate::store::{Append, ForgetMids, MidRecord, StoreError};
+use crate::store::{Append, Appended, ForgetMids, MidPolicy, NewMessage, StoreError};
 use crate::types::{unix_ms_now, ClientId, Seq};
 
 /// How long a commit waits before trying an unavailable store again (the
@@ -92,7 +92,16 @@ impl Registry {
             return;
         }
         let batch = self.take_batch();
-        let (messages, mids) = self.number(&batch);
+        let messages: Vec<NewMessage> = batch
+            .iter()
+            .filter(|p| !p.dup)
+            .map(|p| NewMessage {
+                from: p.from.clone(),
+                unix_ms: p.unix_ms,
+                text: p.text.clone(),
+                mid: p.mid.clone(),
+            })
+            .collect();
         if messages.is_empty() {
             // Only resends: nothing to store, answer them now.
             self.on_committed(batch, Vec::new(), ctx);
@@ -101,7 +110,7 @@ impl Registry {
         }
         self.committing = true;
         self.store
-            .send(Append { messages, mids })
+            .send(Append(messages))
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.committing = false;
@@ -174,42 +183,20 @@ impl Registry {
         self.pending.drain(..take).collect()
     }
 
-    /// Numbers the batch's new messages from the head and encodes their
-    /// frames, with the message ids to remember; resends get no seq.
-    fn number(&self, batch: &[PendingSend]) -> (Vec<Message>, Vec<MidRecord>) {
-        let mut seq = self.head;
-        let mut mids = Vec::new();
-        let messages: Vec<Message> = batch
-            .iter()
-            .filter(|p| !p.dup)
-            .map(|p| {
-                seq = seq.next();
-                if let Some(mid) = &p.mid {
-                    mids.push(MidRecord {
-                        client: p.from.clone(),
-                        mid: mid.clone(),
-                        seq,
-                        unix_ms: p.unix_ms,
-                    });
-                }
-                Message::new(seq, p.unix_ms, p.from.clone(), &p.text)
-            })
-            .collect();
-        (messages, mids)
-    }
-
-    /// The store has the batch's new messages (`stored`): answers every
-    /// `SEND` of the batch, moves the head and the tail on, and delivers.
+    /// The store numbered and stored the batch's new messages (`appended`,
+    /// one per `SEND` not known locally as a resend): answers every `SEND`
+    /// of the batch, and feeds what was stored to the commit stream.
     fn on_committed(
         &mut self,
         batch: Vec<PendingSend>,
-        stored: Vec<Message>,
+        appended: Vec<Appended>,
         ctx: &mut Context<Self>,
     ) {
         let now = unix_ms_now();
         let keep = self.config.dedupe_keep;
         let max_age = self.config.dedupe_window.as_millis() as u64;
-        let mut seqs = stored.iter().map(Message::seq);
+        let mut stored: Vec<Message> = Vec::with_capacity(appended.len());
+        let mut outcomes = appended.into_iter();
         // Each answer in the order of the SENDs, per session.
         let mut answers: Vec<(SessionId, Result<Seq, FrameError>)> =
             Vec::with_capacity(batch.len());
@@ -227,9 +214,19 @@ impl Registry {
                     )
                 })
             } else {
-                let Some(seq) = seqs.next() else {
-                    log::error!("the store gave back fewer messages than it was given");
-                    continue;
+                // A mid stored before through another node comes back as a
+                // duplicate: answered with its first seq, like a local one.
+                let seq = match outcomes.next() {
+                    Some(Appended::Stored(m)) => {
+                        let seq = m.seq();
+                        stored.push(m);
+                        seq
+                    }
+                    Some(Appended::Duplicate(first)) => first,
+                    None => {
+                        log::error!("the store gave back fewer messages than it was given");
+                        continue;
+                    }
                 };
                 if let Some(mid) = p.mid {
                     self.inflight_mids.remove(&(p.from.clone(), mid.clone()));
@@ -243,12 +240,7 @@ impl Registry {
             answers.push((p.session, answer));
         }
         self.send_answers(answers);
-        for m in stored {
-            self.head = m.seq();
-            self.tail
-                .push(m, self.config.tail_messages, self.config.tail_bytes);
-        }
-        self.pump_all(ctx);
+        self.on_own_commit(stored, ctx);
     }
 
     /// Sends each session its answers in order, consecutive `SENT`s in one
@@ -328,8 +320,17 @@ impl Registry {
                 w.cutoff_changed().map(|seq| (id.clone(), seq))
             })
             .collect();
-        if !cutoffs.is_empty() {
-            self.store.do_send(ForgetMids(cutoffs));
+        // A shared store applies the policy over every node's mids, so it
+        // is asked every time; a single-node one only when a cutoff moved.
+        if self.shared || !cutoffs.is_empty() {
+            self.store.do_send(ForgetMids {
+                cutoffs,
+                policy: MidPolicy {
+                    keep,
+                    max_age_ms: max_age,
+                    now_ms: now,
+                },
+            });
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::actors::messages::{Disconnect, InputEnded, Login, SessionId, ToSessio
 use crate::actors::throttle::{Origin, Ready, Throttle, MAX_IN_PROGRESS_PER_ORIGIN};
 use crate::auth::{Secrets, Verifier, Verify};
 use crate::net::{ByeReason, ErrorCode, FrameError};
-use crate::store::CountFromOthers;
+use crate::store::{ClaimLogin, CountFromOthers, LoginClaim, StoreError};
 use crate::types::{ClientId, Seq};
 
 /// Secrets checking: the hashes, the verifier threads, and the throttle
@@ -142,7 +142,7 @@ impl Handler<InputEnded> for Registry {
 impl Handler<Disconnect> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
         if self.authenticating.remove(&msg.session).is_some() {
             // Its secret will not be checked, if that has not begun.
             if let Some(auth) = self.auth.as_mut() {
@@ -151,6 +151,11 @@ impl Handler<Disconnect> for Registry {
         }
         if let Some(s) = self.sessions.get(&msg.session) {
             log::info!("client {} disconnected", s.id);
+            // Its acknowledgements are saved now, not at the next flush: it
+            // may log in again at once, on another node.
+            if self.dirty_acks.contains(&s.id) {
+                self.save_acks(ctx);
+            }
         }
         self.remove_session(msg.session);
     }
@@ -309,8 +314,13 @@ impl Registry {
                 credit: self.config.session_window_bytes as i64,
                 welcomed: false,
                 reading: false,
+                epoch: 0,
             },
         );
+        if self.shared {
+            self.claim(sid, id, last_ack, ctx);
+            return;
+        }
         if self.tail.covers_after(last_ack, self.head) {
             let pending = self
                 .tail
@@ -342,24 +352,74 @@ impl Registry {
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(Ok(pending)) => act.welcome(sid, pending, ctx),
-                Ok(Err(e)) => {
-                    log::error!("counting a backlog failed: {e}");
-                    if let Some(s) = act.sessions.get(&sid) {
-                        s.to.do_send(ToSession::LoginRefused(
-                            FrameError::new(ErrorCode::Limit, format!("cannot read the log: {e}")),
-                            ByeReason::Limit,
-                        ));
-                    }
-                    act.remove_session(sid);
-                }
+                Ok(Err(e)) => act.refuse_unreadable(sid, &e),
                 Err(e) => log::error!("store unreachable during login: {e}"),
             })
             .spawn(ctx);
     }
 
+    /// In a cluster: claims the id's session in the store (ending its
+    /// session on any other node), learns its `last_ack` and backlog there,
+    /// then welcomes it. While the store is unreachable the login is
+    /// refused with `BYE shutdown`, so the client retries, maybe elsewhere.
+    fn claim(&mut self, sid: SessionId, id: ClientId, known_ack: Seq, ctx: &mut Context<Self>) {
+        let claim = LoginClaim {
+            client: id,
+            node: self.config.node.clone(),
+            known_ack,
+            known_head: self.head,
+        };
+        self.store
+            .send(ClaimLogin(claim))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let view = match res {
+                    Ok(Ok(view)) => view,
+                    Ok(Err(e)) => return act.refuse_unreadable(sid, &e),
+                    Err(e) => {
+                        return act.refuse_unreadable(
+                            sid,
+                            &StoreError::Engine(format!("store actor unreachable: {e}")),
+                        )
+                    }
+                };
+                let Some(s) = act.sessions.get_mut(&sid) else {
+                    return;
+                };
+                s.epoch = view.epoch;
+                s.cursor = s.cursor.max(view.last_ack);
+                if let Some(u) = act.users.get_mut(&s.id) {
+                    u.last_ack = u.last_ack.max(view.last_ack);
+                }
+                act.welcome(sid, view.backlog, ctx);
+                if view.head > act.head {
+                    act.follow(ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Refuses a login whose backlog could not be read: `BYE shutdown`
+    /// when the store is unreachable (retry, maybe on another node), `BYE
+    /// limit` otherwise.
+    fn refuse_unreadable(&mut self, sid: SessionId, e: &StoreError) {
+        log::error!("reading the log for a login failed: {e}");
+        let bye = match e {
+            StoreError::Unavailable(_) => ByeReason::Shutdown,
+            _ => ByeReason::Limit,
+        };
+        if let Some(s) = self.sessions.get(&sid) {
+            s.to.do_send(ToSession::LoginRefused(
+                FrameError::new(ErrorCode::Limit, format!("cannot read the log: {e}")),
+                bye,
+            ));
+        }
+        self.remove_session(sid);
+    }
+
     /// Forgets a session: its id is offline unless a newer session took it
     /// over.
-    fn remove_session(&mut self, sid: SessionId) {
+    pub(super) fn remove_session(&mut self, sid: SessionId) {
         if let Some(s) = self.sessions.remove(&sid) {
             if let Some(u) = self.users.get_mut(&s.id) {
                 if u.online == Some(sid) {

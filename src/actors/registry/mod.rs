@@ -20,12 +20,15 @@
 //! disconnects), `commit.rs` (the pending queue, group commit, `SENT`
 //! answers, resent message ids), `delivery.rs` (pumping sessions from the
 //! tail or the store, credit), `acks.rs` (saving `last_ack`s, pruning) and
-//! `shutdown.rs` (the stop, and the waits for idle and for no sessions).
+//! `shutdown.rs` (the stop, and the waits for idle and for no sessions),
+//! and `follow.rs` (the commit stream every node follows, and takeover
+//! across nodes).
 //! This file holds the state they share.
 
 mod acks;
 mod commit;
 mod delivery;
+mod follow;
 mod login;
 mod shutdown;
 
@@ -44,6 +47,7 @@ pub use super::retention::Retain;
 use super::tail::Tail;
 use super::throttle::Throttle;
 use crate::auth::{Secrets, Verifier, VERIFIER_THREADS};
+use crate::net::Message;
 use crate::store::{Recovered, StoreActor};
 use crate::types::{unix_ms_now, ClientId, Seq};
 
@@ -69,6 +73,8 @@ pub struct RegistryConfig {
     pub max_deliver: usize,
     /// How often changed `last_ack`s are saved.
     pub ack_flush_interval: Duration,
+    /// This node's name in a cluster's store (its sessions' claims).
+    pub node: String,
     /// How long a shutdown waits for sessions to close.
     pub shutdown_grace: Duration,
     /// Which acknowledged messages to keep.
@@ -90,12 +96,22 @@ impl Default for RegistryConfig {
             read_chunk: 4096,
             max_deliver: 1024,
             ack_flush_interval: Duration::from_millis(200),
+            node: node_name(),
             shutdown_grace: Duration::from_secs(3),
             retain: Retain::All,
             dedupe_keep: 10_000,
             dedupe_window: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// A name for this process that no other node of a cluster has: its
+/// process id and the time it started, in hex.
+fn node_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
 /// What the registry keeps about one allowed client id.
@@ -117,6 +133,9 @@ struct Online {
     welcomed: bool,
     /// A store read for it is under way.
     reading: bool,
+    /// Its login's claim in a cluster's store (0 on a single node): a
+    /// claim with a higher epoch, on another node, replaces it.
+    epoch: u64,
 }
 
 /// The registry actor. Start it on an arbiter of its own.
@@ -125,8 +144,22 @@ pub struct Registry {
     store: Addr<StoreActor>,
     users: HashMap<ClientId, User>,
     sessions: HashMap<SessionId, Online>,
-    /// Highest stored (confirmed) seq.
+    /// Highest committed seq with every one below it known: the end of
+    /// the commit stream followed so far (see `follow.rs`).
     head: Seq,
+    /// Other nodes write to the store too (a cluster).
+    shared: bool,
+    /// This node's own committed messages behind a gap that a catch-up
+    /// read has yet to fill, in seq order.
+    ahead: Vec<Message>,
+    /// A catch-up read is under way…
+    following: bool,
+    /// …and another should follow it.
+    follow_again: bool,
+    /// The last catch-up read failed (logged once, until one works).
+    follow_failing: bool,
+    /// A check of the sessions' claims is under way.
+    checking_sessions: bool,
     tail: Tail,
     pending: Vec<PendingSend>,
     /// Recent message ids per client id (see [`MidWindow`]).
@@ -191,6 +224,12 @@ impl Registry {
             users,
             sessions: HashMap::new(),
             head: recovered.head,
+            shared: recovered.shared,
+            ahead: Vec::new(),
+            following: false,
+            follow_again: false,
+            follow_failing: false,
+            checking_sessions: false,
             tail: Tail::default(),
             pending: Vec::new(),
             inflight_mids: HashSet::new(),
@@ -232,6 +271,7 @@ impl Actor for Registry {
             act.forget_mids();
             act.prune(ctx);
         });
+        self.start_following(ctx);
         ctx.run_interval(FAILURE_SWEEP_INTERVAL, |act, _| {
             if let Some(auth) = act.auth.as_mut() {
                 auth.throttle.sweep(Instant::now());
