@@ -13,6 +13,7 @@ use crate::actors::messages::Shutdown;
 use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
 use crate::net::listener::accept_loop;
 use crate::net::transport::{accept_tls, Connection};
+use crate::store::postgres::Listener;
 use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
 
@@ -28,7 +29,7 @@ pub enum StorageConfig {
         /// When a commit reaches the disk.
         sync: SyncPolicy,
     },
-    /// The PostgreSQL database at `url`, for this one node.
+    /// The PostgreSQL database at `url`, shared with every other node on it.
     Postgres {
         /// `postgres://…` (may hold a password: never logged).
         url: String,
@@ -234,6 +235,24 @@ fn start_registry(
     (registry_arbiter, registry)
 }
 
+/// With a PostgreSQL store, starts the thread that turns the other nodes'
+/// notifications into wake-ups for the registry.
+fn start_listener(
+    config: &ServerConfig,
+    registry: &Addr<Registry>,
+) -> anyhow::Result<Option<Listener>> {
+    let StorageConfig::Postgres { url } = &config.storage else {
+        return Ok(None);
+    };
+    log::info!(
+        "cluster node {} on the database; other nodes' commits and logins arrive by LISTEN/NOTIFY",
+        config.registry.node
+    );
+    let listener = Listener::start(url, registry.clone().recipient())
+        .context("cannot start the database listener")?;
+    Ok(Some(listener))
+}
+
 /// On a session thread: registers an accepted socket with this thread's
 /// reactor, runs the TLS handshake when configured, and starts its session.
 async fn serve(
@@ -297,6 +316,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     );
 
     let (registry_arbiter, registry) = start_registry(&config, recovered, store);
+    let wakeups = start_listener(&config, &registry)?;
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -352,6 +372,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {
         log::error!("registry unreachable at shutdown: {e}");
+    }
+    if let Some(wakeups) = wakeups {
+        // Joining waits up to one poll of its thread: off the event loop.
+        let _ = tokio::task::spawn_blocking(move || wakeups.stop()).await;
     }
     for w in &workers {
         w.stop();

@@ -1,17 +1,24 @@
 //! The PostgreSQL store, against a real private PostgreSQL 15: the store's
-//! promises (recovery, numbering, mids, acks, pruning, bounded reads), and
-//! the server on it (kill -9 of the server and of PostgreSQL, refused
-//! starts, flag conflicts, one node per database).
+//! promises (recovery, numbering inside the commit across stores, mids,
+//! acks, session claims, pruning, bounded reads), the schema's creation and
+//! upgrade, the wake-up listener, and the server on it (kill -9 of the
+//! server and of PostgreSQL, refused starts, flag conflicts, two servers on
+//! one database).
 
 mod common;
 #[path = "common/pg.rs"]
 mod pg;
 
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
+use actix::prelude::*;
 use common::{assert_one_line_failure, failed_start, Server};
 use herald::net::Message;
-use herald::store::{MidRecord, PostgresStore, Store};
+use herald::store::postgres::Listener;
+use herald::store::{
+    Appended, LoginClaim, MidPolicy, MidRecord, NewMessage, PostgresStore, Store, StoreError, Wake,
+};
 use herald::types::{ClientId, Seq};
 use pg::PgServer;
 
@@ -19,17 +26,57 @@ fn id(s: &str) -> ClientId {
     ClientId::new(s).unwrap()
 }
 
+/// The message stored as `seq` from `new(from, text, _)`.
 fn msg(seq: u64, from: &str, text: &str) -> Message {
-    Message::new(Seq(seq), 1000 + seq, id(from), text.as_bytes())
+    Message::new(
+        Seq(seq),
+        1000 + text.len() as u64,
+        id(from),
+        text.as_bytes(),
+    )
 }
 
-fn mid(client: &str, mid: &str, seq: u64) -> MidRecord {
+/// A message to append, received at 1000 + its length (so `msg` can
+/// rebuild it).
+fn new(from: &str, text: &str, mid: Option<&str>) -> NewMessage {
+    NewMessage {
+        from: id(from),
+        unix_ms: 1000 + text.len() as u64,
+        text: bytes::Bytes::copy_from_slice(text.as_bytes()),
+        mid: mid.map(str::to_owned),
+    }
+}
+
+/// Appends messages without mids and returns their seqs.
+fn append(s: &mut PostgresStore, from: &str, texts: &[&str]) -> Vec<u64> {
+    let batch: Vec<NewMessage> = texts.iter().map(|t| new(from, t, None)).collect();
+    s.append(&batch).unwrap().iter().map(stored_seq).collect()
+}
+
+fn stored_seq(a: &Appended) -> u64 {
+    match a {
+        Appended::Stored(m) => m.seq().0,
+        Appended::Duplicate(s) => panic!("unexpected duplicate of {s}"),
+    }
+}
+
+fn mid(client: &str, mid: &str, seq: u64, text: &str) -> MidRecord {
     MidRecord {
         client: id(client),
         mid: mid.into(),
         seq: Seq(seq),
-        unix_ms: 1000 + seq,
+        unix_ms: 1000 + text.len() as u64,
     }
+}
+
+fn all(s: &mut PostgresStore) -> Vec<Message> {
+    s.read_after(Seq(0), Seq(i64::MAX as u64), 100_000, usize::MAX)
+        .unwrap()
+}
+
+/// A blocking client on `url`, for looking at the tables directly.
+fn psql(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
 }
 
 #[test]
@@ -40,11 +87,22 @@ fn the_store_recovers_what_it_stored_and_numbering_continues() {
         let mut s = PostgresStore::open(&url).unwrap();
         let r = s.recover().unwrap();
         assert_eq!((r.head, r.acks.len(), r.mids.len()), (Seq(0), 0, 0));
-        s.append(
-            &[msg(1, "a", "one"), msg(2, "b", "two"), msg(3, "a", "three")],
-            &[mid("a", "m1", 1), mid("a", "m3", 3)],
-        )
-        .unwrap();
+        assert!(r.shared);
+        let got = s
+            .append(&[
+                new("a", "one", Some("m1")),
+                new("b", "two", None),
+                new("a", "three", Some("m3")),
+            ])
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Appended::Stored(msg(1, "a", "one")),
+                Appended::Stored(msg(2, "b", "two")),
+                Appended::Stored(msg(3, "a", "three")),
+            ]
+        );
         s.save_acks(&[(id("b"), Seq(1)), (id("b"), Seq(3))])
             .unwrap();
         // A cursor never goes back.
@@ -54,7 +112,10 @@ fn the_store_recovers_what_it_stored_and_numbering_continues() {
     let r = s.recover().unwrap();
     assert_eq!(r.head, Seq(3));
     assert_eq!(r.acks.get(&id("b")), Some(&Seq(3)));
-    assert_eq!(r.mids, vec![mid("a", "m1", 1), mid("a", "m3", 3)]);
+    assert_eq!(
+        r.mids,
+        vec![mid("a", "m1", 1, "one"), mid("a", "m3", 3, "three")]
+    );
     assert_eq!(
         s.read_after(Seq(1), Seq(3), 10, usize::MAX).unwrap(),
         vec![msg(2, "b", "two"), msg(3, "a", "three")]
@@ -65,13 +126,18 @@ fn the_store_recovers_what_it_stored_and_numbering_continues() {
         Some(Seq(2))
     );
     assert_eq!(s.first_not_from(Seq(2), Seq(3), &id("a")).unwrap(), None);
-    // Numbering goes on after the head; a batch whose seqs are taken is refused.
-    s.append(&[msg(4, "b", "four")], &[]).unwrap();
-    assert!(s.append(&[msg(4, "b", "again")], &[]).is_err());
-    assert_eq!(s.recover().unwrap().head, Seq(4));
-    // Forgetting mids: a's below 3 go.
-    s.forget_mids(&[(id("a"), Seq(3))]).unwrap();
-    assert_eq!(s.recover().unwrap().mids, vec![mid("a", "m3", 3)]);
+    // Numbering goes on after the head; a stored mid is answered with its
+    // first seq, also after a restart.
+    assert_eq!(append(&mut s, "b", &["four"]), [4]);
+    assert_eq!(
+        s.append(&[new("a", "one again", Some("m1")), new("a", "five", None)])
+            .unwrap(),
+        vec![
+            Appended::Duplicate(Seq(1)),
+            Appended::Stored(msg(5, "a", "five"))
+        ]
+    );
+    assert_eq!(s.recover().unwrap().head, Seq(5));
 }
 
 #[test]
@@ -79,8 +145,8 @@ fn reads_are_bounded_by_count_and_bytes_but_return_at_least_one() {
     let pg = PgServer::start();
     let mut s = PostgresStore::open(&pg.new_database()).unwrap();
     let big = "x".repeat(1000);
-    let batch: Vec<Message> = (1..=10).map(|i| msg(i, "a", &big)).collect();
-    s.append(&batch, &[]).unwrap();
+    let texts = vec![big.as_str(); 10];
+    assert_eq!(append(&mut s, "a", &texts), (1..=10).collect::<Vec<_>>());
     assert_eq!(
         s.read_after(Seq(0), Seq(10), 3, usize::MAX).unwrap().len(),
         3
@@ -89,7 +155,7 @@ fn reads_are_bounded_by_count_and_bytes_but_return_at_least_one() {
         s.read_after(Seq(2), Seq(4), 100, usize::MAX).unwrap().len(),
         2
     );
-    let frame = batch[0].frame().len();
+    let frame = msg(1, "a", &big).frame().len();
     assert_eq!(
         s.read_after(Seq(0), Seq(10), 100, frame * 2).unwrap().len(),
         2
@@ -103,18 +169,555 @@ fn pruning_keeps_the_numbering() {
     let pg = PgServer::start();
     let url = pg.new_database();
     let mut s = PostgresStore::open(&url).unwrap();
-    s.append(&[msg(1, "a", "x"), msg(2, "a", "y"), msg(3, "b", "z")], &[])
-        .unwrap();
+    append(&mut s, "a", &["x", "y"]);
+    append(&mut s, "b", &["z"]);
     assert_eq!(s.prune(Seq(2)).unwrap(), 2);
-    assert_eq!(
-        s.read_after(Seq(0), Seq(3), 10, usize::MAX).unwrap(),
-        vec![msg(3, "b", "z")]
-    );
+    assert_eq!(all(&mut s), vec![msg(3, "b", "z")]);
     assert_eq!(s.prune(Seq(3)).unwrap(), 1);
     drop(s);
     let mut s = PostgresStore::open(&url).unwrap();
     assert_eq!(s.recover().unwrap().head, Seq(3));
-    s.append(&[msg(4, "a", "w")], &[]).unwrap();
+    assert_eq!(append(&mut s, "a", &["w"]), [4]);
+}
+
+#[test]
+fn two_stores_on_one_database_number_densely_in_commit_order() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let mut a = PostgresStore::open(&url).unwrap();
+    let mut b = PostgresStore::open(&url).unwrap();
+    assert_eq!(append(&mut a, "a", &["a1", "a2"]), [1, 2]);
+    assert_eq!(append(&mut b, "b", &["b1", "b2", "b3"]), [3, 4, 5]);
+    assert_eq!(append(&mut a, "a", &["a3"]), [6]);
+    let texts: Vec<(u64, Vec<u8>)> = all(&mut b)
+        .iter()
+        .map(|m| (m.seq().0, m.text().to_vec()))
+        .collect();
+    let want: Vec<(u64, Vec<u8>)> = ["a1", "a2", "b1", "b2", "b3", "a3"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u64 + 1, t.as_bytes().to_vec()))
+        .collect();
+    assert_eq!(texts, want);
+}
+
+#[test]
+fn concurrent_appends_from_two_stores_are_dense_without_duplicates() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let (batches, per_batch) = (150, 4);
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|who| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut s = PostgresStore::open(&url).unwrap();
+                let mut got = Vec::new();
+                for i in 0..batches {
+                    let texts: Vec<String> =
+                        (0..per_batch).map(|j| format!("{who} {i} {j}")).collect();
+                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    got.extend(append(&mut s, who, &texts));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut seqs: Vec<Vec<u64>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    // Each writer's seqs grow, batch after batch.
+    for s in &seqs {
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+    }
+    let mut every: Vec<u64> = seqs.concat();
+    every.sort_unstable();
+    let n = 2 * batches * per_batch;
+    assert_eq!(every, (1..=n as u64).collect::<Vec<_>>());
+    // What is stored under each seq is what its writer was told.
+    let mut s = PostgresStore::open(&url).unwrap();
+    let stored = all(&mut s);
+    assert_eq!(stored.len(), n);
+    for (who, mine) in ["a", "b"].iter().zip(seqs.iter_mut()) {
+        for (k, seq) in mine.iter().enumerate() {
+            let m = &stored[*seq as usize - 1];
+            let text = format!("{who} {} {}", k / per_batch, k % per_batch);
+            assert_eq!((m.from().as_str(), m.text()), (*who, text.as_bytes()));
+        }
+    }
+}
+
+#[test]
+fn a_mid_is_a_duplicate_through_another_store_and_within_one_batch() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let mut a = PostgresStore::open(&url).unwrap();
+    let mut b = PostgresStore::open(&url).unwrap();
+    assert_eq!(
+        a.append(&[new("w", "first", Some("x"))]).unwrap(),
+        vec![Appended::Stored(msg(1, "w", "first"))]
+    );
+    // Through the other store: the first seq, nothing stored.
+    assert_eq!(
+        b.append(&[new("v", "other", None), new("w", "resent", Some("x"))])
+            .unwrap(),
+        vec![
+            Appended::Stored(msg(2, "v", "other")),
+            Appended::Duplicate(Seq(1))
+        ]
+    );
+    // The same mid from another client id is another message.
+    assert_eq!(
+        b.append(&[new("v", "own x", Some("x"))]).unwrap(),
+        vec![Appended::Stored(msg(3, "v", "own x"))]
+    );
+    // Twice in one batch: stored once, the second answered with the first.
+    assert_eq!(
+        a.append(&[
+            new("w", "y once", Some("y")),
+            new("w", "plain", None),
+            new("w", "y twice", Some("y")),
+        ])
+        .unwrap(),
+        vec![
+            Appended::Stored(msg(4, "w", "y once")),
+            Appended::Stored(msg(5, "w", "plain")),
+            Appended::Duplicate(Seq(4)),
+        ]
+    );
+    // A batch of nothing but duplicates stores nothing and moves no seq.
+    assert_eq!(
+        b.append(&[new("w", "y", Some("y"))]).unwrap(),
+        vec![Appended::Duplicate(Seq(4))]
+    );
+    assert_eq!(all(&mut a).len(), 5);
+    assert_eq!(append(&mut b, "v", &["next"]), [6]);
+}
+
+fn claim(client: &str, node: &str, known_ack: u64, known_head: u64) -> LoginClaim {
+    LoginClaim {
+        client: id(client),
+        node: node.into(),
+        known_ack: Seq(known_ack),
+        known_head: Seq(known_head),
+    }
+}
+
+#[test]
+fn login_claims_raise_the_epoch_across_stores_and_count_from_the_database() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let mut a = PostgresStore::open(&url).unwrap();
+    let mut b = PostgresStore::open(&url).unwrap();
+    let first = a.login(&claim("r", "node-a", 0, 0)).unwrap();
+    assert_eq!(
+        (first.epoch, first.last_ack, first.head, first.backlog),
+        (1, Seq(0), Seq(0), 0)
+    );
+    // b stores 4 messages (one of them r's own) and r's ack of the first.
+    append(&mut b, "w", &["1", "2"]);
+    append(&mut b, "r", &["3"]);
+    append(&mut b, "w", &["4"]);
+    b.save_acks(&[(id("r"), Seq(1))]).unwrap();
+    // a knows nothing of them: the view comes from the database.
+    let second = b.login(&claim("r", "node-b", 0, 0)).unwrap();
+    assert_eq!(
+        (second.epoch, second.last_ack, second.head, second.backlog),
+        (2, Seq(1), Seq(4), 2)
+    );
+    let third = a.login(&claim("r", "node-a", 2, 0)).unwrap();
+    assert_eq!(
+        (third.epoch, third.last_ack, third.head, third.backlog),
+        (3, Seq(2), Seq(4), 1)
+    );
+    // What the registry knows counts when it is ahead.
+    let fourth = a.login(&claim("r", "node-a", 3, 9)).unwrap();
+    assert_eq!(
+        (fourth.epoch, fourth.last_ack, fourth.head),
+        (4, Seq(3), Seq(9))
+    );
+    a.login(&claim("w", "node-a", 0, 0)).unwrap();
+    let mut epochs = b.session_epochs(&[id("r"), id("w"), id("never")]).unwrap();
+    epochs.sort();
+    assert_eq!(epochs, vec![(id("r"), 4), (id("w"), 1)]);
+    assert!(b.session_epochs(&[]).unwrap().is_empty());
+    let node: String = psql(&url)
+        .query_one("SELECT node FROM sessions WHERE client_id = 'r'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(node, "node-a");
+}
+
+#[test]
+fn forgetting_mids_keeps_the_newest_and_the_young_of_every_store() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let mut a = PostgresStore::open(&url).unwrap();
+    let mut b = PostgresStore::open(&url).unwrap();
+    let at = |from: &str, mid: &str, unix_ms: u64| NewMessage {
+        unix_ms,
+        ..new(from, mid, Some(mid))
+    };
+    // "old" has five old mids (through both stores); "young" has five
+    // recent ones.
+    a.append(&[
+        at("old", "o1", 100),
+        at("old", "o2", 200),
+        at("old", "o3", 300),
+    ])
+    .unwrap();
+    b.append(&[at("old", "o4", 400), at("old", "o5", 500)])
+        .unwrap();
+    a.append(&[
+        at("young", "y1", 9_100),
+        at("young", "y2", 9_200),
+        at("young", "y3", 9_300),
+        at("young", "y4", 9_400),
+        at("young", "y5", 9_500),
+    ])
+    .unwrap();
+    // Keep the newest 2 of each and everything younger than 1 s at 10 s;
+    // the cutoffs of a single node do not count in a shared store.
+    let policy = MidPolicy {
+        keep: 2,
+        max_age_ms: 1000,
+        now_ms: 10_000,
+    };
+    b.forget_mids(&[(id("young"), Seq(100))], &policy).unwrap();
+    let left: Vec<String> = a
+        .recover()
+        .unwrap()
+        .mids
+        .into_iter()
+        .map(|m| m.mid)
+        .collect();
+    assert_eq!(left, ["o4", "o5", "y1", "y2", "y3", "y4", "y5"]);
+    // A forgotten mid is a new message again; a kept one is not.
+    let got = b
+        .append(&[at("old", "o1", 10_000), at("old", "o4", 10_000)])
+        .unwrap();
+    assert_eq!(stored_seq(&got[0]), 11);
+    assert_eq!(got[1], Appended::Duplicate(Seq(4)));
+    // Later, the young ones age too, down to the newest 2.
+    let later = MidPolicy {
+        now_ms: 20_000,
+        ..policy
+    };
+    a.forget_mids(&[], &later).unwrap();
+    let mut left: Vec<String> = b
+        .recover()
+        .unwrap()
+        .mids
+        .into_iter()
+        .map(|m| m.mid)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["o1", "o5", "y4", "y5"]);
+}
+
+/// The process id of the backend of database `db` that waits on
+/// `wait_event` (bounded by the deadline).
+fn backend_waiting(admin: &mut postgres::Client, db: &str, wait_event: &str) -> i32 {
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = $2",
+                &[&db, &wait_event],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend waits on {wait_event}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn terminate(admin: &mut postgres::Client, pid: i32) {
+    let done: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(done);
+}
+
+#[test]
+fn a_commit_cut_off_after_it_was_written_is_settled_as_stored() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let db = url.rsplit('/').next().unwrap();
+    let mut admin = psql(&pg.url("postgres"));
+    let mut s = PostgresStore::open(&url).unwrap();
+    assert_eq!(append(&mut s, "w", &["before"]), [1]);
+    // Commits now wait for a standby that does not exist: written locally,
+    // never answered. The server reloads its settings in the background;
+    // a new connection shows when it has.
+    let set_standby = |admin: &mut postgres::Client, names: &str| {
+        admin
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+            ))
+            .unwrap();
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        let deadline = Instant::now() + common::DEADLINE;
+        while psql(&url)
+            .query_one("SHOW synchronous_standby_names", &[])
+            .unwrap()
+            .get::<_, String>(0)
+            != names
+        {
+            assert!(Instant::now() < deadline, "the setting was not reloaded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    set_standby(&mut admin, "nobody");
+    let mut s = PostgresStore::open(&url).unwrap();
+    let appender = std::thread::spawn(move || s.append(&[new("w", "in doubt", None)]));
+    // Its session is ended while it waits: the answer to COMMIT is lost,
+    // but the batch is committed; the store asks and says so.
+    let pid = backend_waiting(&mut admin, db, "SyncRep");
+    terminate(&mut admin, pid);
+    assert_eq!(
+        appender.join().unwrap().unwrap(),
+        vec![Appended::Stored(msg(2, "w", "in doubt"))]
+    );
+    set_standby(&mut admin, "");
+    let mut s = PostgresStore::open(&url).unwrap();
+    assert_eq!(append(&mut s, "w", &["after"]), [3]);
+}
+
+#[test]
+fn a_commit_cut_off_before_it_was_written_is_settled_as_not_stored() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let db = url.rsplit('/').next().unwrap();
+    let mut admin = psql(&pg.url("postgres"));
+    // A check that runs at COMMIT and takes its time, for sender "slow".
+    psql(&url)
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;",
+        )
+        .unwrap();
+    let mut s = PostgresStore::open(&url).unwrap();
+    psql(&url)
+        .batch_execute(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON messages
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                 WHEN (NEW.sender = 'slow') EXECUTE FUNCTION slow();",
+        )
+        .unwrap();
+    assert_eq!(append(&mut s, "w", &["before"]), [1]);
+    let appender = std::thread::spawn(move || {
+        let r = s.append(&[new("slow", "in doubt", None)]);
+        (s, r)
+    });
+    // Its session is ended during COMMIT, before the commit was written:
+    // the store asks, learns it was not stored, and says "unavailable"
+    // (the registry retries such a batch).
+    let pid = backend_waiting(&mut admin, db, "PgSleep");
+    terminate(&mut admin, pid);
+    let (mut s, r) = appender.join().unwrap();
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert_eq!(append(&mut s, "w", &["after"]), [2]);
+    assert_eq!(
+        all(&mut s),
+        vec![msg(1, "w", "before"), msg(2, "w", "after")]
+    );
+}
+
+/// The schema of version 1, as the first PostgreSQL store created it.
+const SCHEMA_V1: &str = "
+    CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
+    CREATE TABLE counter (
+        id boolean PRIMARY KEY DEFAULT true CHECK (id),
+        last bigint NOT NULL
+    );
+    CREATE TABLE messages (
+        seq bigint PRIMARY KEY,
+        unix_ms bigint NOT NULL,
+        sender text NOT NULL,
+        text bytea NOT NULL
+    );
+    CREATE TABLE mids (
+        client_id text NOT NULL,
+        mid text NOT NULL,
+        seq bigint NOT NULL,
+        unix_ms bigint NOT NULL,
+        PRIMARY KEY (client_id, mid)
+    );
+    CREATE INDEX mids_by_age ON mids (client_id, seq);
+    CREATE TABLE acks (client_id text PRIMARY KEY, last_ack bigint NOT NULL);
+    INSERT INTO counter (last) VALUES (0);
+    INSERT INTO meta (key, value) VALUES ('pruned_upto', 0);
+    INSERT INTO meta (key, value) VALUES ('schema_version', 1);
+";
+
+fn schema_version(url: &str) -> i64 {
+    psql(url)
+        .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_at_start_and_keeps_its_data() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let mut v1 = psql(&url);
+    v1.batch_execute(SCHEMA_V1).unwrap();
+    v1.batch_execute(
+        "INSERT INTO messages VALUES (1, 1003, 'w', 'one'), (2, 1003, 'w', 'two');
+         UPDATE counter SET last = 2;
+         INSERT INTO mids VALUES ('w', 'm1', 1, 1003);
+         INSERT INTO acks VALUES ('r', 1);",
+    )
+    .unwrap();
+    let mut s = PostgresStore::open(&url).unwrap();
+    assert_eq!(schema_version(&url), 2);
+    let r = s.recover().unwrap();
+    assert_eq!((r.head, r.acks.get(&id("r"))), (Seq(2), Some(&Seq(1))));
+    assert_eq!(r.mids, vec![mid("w", "m1", 1, "one")]);
+    assert_eq!(all(&mut s), vec![msg(1, "w", "one"), msg(2, "w", "two")]);
+    // The new table is there and used.
+    let view = s.login(&claim("r", "n", 0, 0)).unwrap();
+    assert_eq!((view.epoch, view.last_ack, view.backlog), (1, Seq(1), 1));
+    assert_eq!(append(&mut s, "w", &["three"]), [3]);
+    // Opening again finds version 2 and changes nothing.
+    drop(PostgresStore::open(&url).unwrap());
+    assert_eq!(schema_version(&url), 2);
+}
+
+#[test]
+fn a_version_1_database_is_not_upgraded_under_a_running_version_1_server() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let mut v1 = psql(&url);
+    v1.batch_execute(SCHEMA_V1).unwrap();
+    // A version-1 server holds this lock while it runs.
+    v1.execute("SELECT pg_advisory_lock(x'686572616c64'::bigint)", &[])
+        .unwrap();
+    let err = PostgresStore::open(&url).unwrap_err();
+    assert!(matches!(err, StoreError::Unusable(_)), "{err}");
+    assert!(err.to_string().contains("older version"), "{err}");
+    assert_eq!(schema_version(&url), 1);
+    // Once it is gone, the upgrade goes ahead.
+    drop(v1);
+    PostgresStore::open(&url).unwrap();
+    assert_eq!(schema_version(&url), 2);
+}
+
+#[test]
+fn stores_opening_at_once_on_an_empty_database_create_the_schema_once() {
+    let pg = PgServer::start();
+    for _ in 0..3 {
+        let url = pg.new_database();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let openers: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, start) = (url.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    PostgresStore::open(&url).map(|_| ())
+                })
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap().unwrap();
+        }
+        assert_eq!(schema_version(&url), 2);
+        let mut s = PostgresStore::open(&url).unwrap();
+        assert_eq!(append(&mut s, "a", &["x"]), [1]);
+    }
+}
+
+/// A stand-in registry: passes every wake-up to the test.
+struct Catcher(mpsc::Sender<Wake>);
+
+impl Actor for Catcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<Wake> for Catcher {
+    type Result = ();
+    fn handle(&mut self, msg: Wake, _: &mut Self::Context) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// A [`Catcher`] on an actix system of its own thread: its recipient, the
+/// wake-ups it got, and the system (stop it to end the thread).
+fn catcher() -> (Recipient<Wake>, mpsc::Receiver<Wake>, System) {
+    let (wakes, got) = mpsc::channel();
+    let (ready, started) = mpsc::channel();
+    std::thread::spawn(move || {
+        let system = System::new();
+        system.block_on(async move {
+            let addr = Catcher(wakes).start();
+            ready.send((addr.recipient(), System::current())).unwrap();
+        });
+        system.run().unwrap();
+    });
+    let (recipient, system) = started.recv_timeout(common::DEADLINE).unwrap();
+    (recipient, got, system)
+}
+
+/// Waits for `want` (bounded by the deadline); returns the other wake-ups
+/// that came before it.
+fn wait_for_wake(got: &mpsc::Receiver<Wake>, want: Wake) -> Vec<Wake> {
+    let deadline = Instant::now() + common::DEADLINE;
+    let mut skipped = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match got.recv_timeout(left) {
+            Ok(w) if w == want => return skipped,
+            Ok(w) => skipped.push(w),
+            Err(e) => panic!("no {want:?} within the deadline ({e}); got {skipped:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_listener_wakes_on_commits_and_logins_and_after_postgresql_restarts() {
+    let mut pg = PgServer::start();
+    let url = pg.new_database();
+    let mut s = PostgresStore::open(&url).unwrap();
+    let (recipient, got, system) = catcher();
+    let listener = Listener::start(&url, recipient).unwrap();
+    // Connected: one wake-up to look at everything.
+    wait_for_wake(&got, Wake::Reconnected);
+    append(&mut s, "w", &["hello"]);
+    wait_for_wake(&got, Wake::Log);
+    s.login(&claim("r", "n", 0, 0)).unwrap();
+    wait_for_wake(&got, Wake::Sessions);
+    // A burst of 100 notifications (one transaction, 100 payloads) comes
+    // as a few wake-ups, not 100; the login after it marks its end (a
+    // burst's Log goes before its Sessions).
+    psql(&url)
+        .batch_execute(
+            "BEGIN;
+             SELECT pg_notify('herald_log', n::text) FROM generate_series(1, 100) n;
+             COMMIT;",
+        )
+        .unwrap();
+    s.login(&claim("r", "n", 0, 0)).unwrap();
+    let before = wait_for_wake(&got, Wake::Sessions);
+    assert!(!before.is_empty() && before.len() <= 3, "{before:?}");
+    assert!(before.iter().all(|w| *w == Wake::Log), "{before:?}");
+    // PostgreSQL dies and comes back: the listener reconnects by itself
+    // and says so, and wakes on commits again.
+    pg.kill9();
+    pg.run();
+    wait_for_wake(&got, Wake::Reconnected);
+    let mut s = PostgresStore::open(&url).unwrap();
+    append(&mut s, "w", &["again"]);
+    wait_for_wake(&got, Wake::Log);
+    // A stop while the database is away ends the thread too.
+    pg.kill9();
+    listener.stop();
+    system.stop();
 }
 
 #[test]
@@ -180,19 +783,39 @@ fn a_database_from_a_newer_herald_is_refused_with_one_line() {
 }
 
 #[tokio::test]
-async fn a_second_server_on_the_same_database_is_refused_with_one_line() {
+async fn two_servers_on_one_database_both_start_and_share_one_log() {
     let pg = PgServer::start();
     let url = pg.new_database();
-    let first = on_pg(&url, "1");
-    let out = failed_start(
-        &["--client-ids", "1", "--port", "0", "--database-url", &url],
-        &[],
+    let first = on_pg(&url, "w,v,r");
+    let second = on_pg(&url, "w,v,r");
+    let (mut w, _) = first.login("w").await;
+    w.send("SEND on the first").await;
+    assert_eq!(w.line().await, "SENT 1");
+    // Each node delivers the other's commits: v, on the second, is owed
+    // w's message; w, online on the first, gets v's live.
+    let (mut v, pending) = second.login("v").await;
+    assert_eq!(pending, 1);
+    assert_eq!(
+        v.msgs(1).await,
+        vec![(1, "w".into(), "on the first".into())]
     );
-    assert_one_line_failure(&out, "another Herald server uses this database");
-    // The first one still works.
-    let (mut c, _) = first.login("1").await;
-    c.send("SEND still here").await;
-    assert_eq!(c.line().await, "SENT 1");
+    v.send("SEND on the second").await;
+    assert_eq!(v.line().await, "SENT 2");
+    assert_eq!(
+        w.msgs(1).await,
+        vec![(2, "v".into(), "on the second".into())]
+    );
+    // A reader on either node is owed both, in one order.
+    let (mut r, pending) = second.login("r").await;
+    assert_eq!(pending, 2);
+    let got: Vec<(u64, String, String)> = r.msgs(2).await;
+    assert_eq!(
+        got,
+        vec![
+            (1, "w".into(), "on the first".into()),
+            (2, "v".into(), "on the second".into())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -241,10 +864,55 @@ async fn assert_backlog_is(s: &Server, confirmed: &[(u64, String)]) {
     assert_eq!(got, confirmed);
 }
 
+/// PostgreSQL's data directory (its processes' working directory), asked
+/// on a thread of its own (the blocking client must not run inside a
+/// test's async runtime).
+fn data_directory(url: &str) -> std::path::PathBuf {
+    let url = url.to_owned();
+    let dir: String = std::thread::spawn(move || {
+        psql(&url)
+            .query_one("SHOW data_directory", &[])
+            .unwrap()
+            .get(0)
+    })
+    .join()
+    .unwrap();
+    std::fs::canonicalize(dir).unwrap()
+}
+
+/// kill -9 of PostgreSQL, and the wait until its backends are gone too:
+/// each notices the postmaster's death a moment later, and until then may
+/// still finish a commit.
+fn kill9_and_wait(pg: &mut PgServer, data_dir: &std::path::Path) {
+    pg.kill9();
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let alive = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == data_dir));
+        if !alive {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL's backends outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[tokio::test]
 async fn the_server_rides_out_a_kill_9_of_postgresql() {
     let mut pg = PgServer::start();
     let url = pg.new_database();
+    let data_dir = data_directory(&url);
     let s = on_pg(&url, "w,r");
     let (mut w, _) = s.login("w").await;
     let mut confirmed: Vec<(u64, String)> = Vec::new();
@@ -253,7 +921,7 @@ async fn the_server_rides_out_a_kill_9_of_postgresql() {
         w.send(&format!("SEND {text}")).await;
         confirmed.push((answer(&mut w).await.unwrap(), text));
     }
-    pg.kill9();
+    kill9_and_wait(&mut pg, &data_dir);
     // While the database is down a SEND is neither refused (a resend would
     // be stored later, so an ERR would make a client drop it for nothing)
     // nor confirmed: it waits, unanswered.
@@ -270,6 +938,33 @@ async fn the_server_rides_out_a_kill_9_of_postgresql() {
     w.send("SEND after").await;
     confirmed.push((answer(&mut w).await.unwrap(), "after".to_owned()));
     assert_backlog_is(&s, &confirmed).await;
+    // The loss and the return are logged once each, by the store and by
+    // the wake-up listener, however many attempts it took.
+    let log = wait_for_log(&s, "wake-up connection to the database is back").await;
+    for line in [
+        "lost the database connection",
+        "reconnected to the database",
+        "lost the wake-up connection",
+        "wake-up connection to the database is back",
+    ] {
+        assert_eq!(log.matches(line).count(), 1, "{line:?} in:\n{log}");
+    }
+}
+
+/// The server's log once it holds `needle` (bounded by the deadline).
+async fn wait_for_log(s: &Server, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let log = s.log.lock().unwrap().clone();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

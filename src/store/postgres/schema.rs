@@ -1,19 +1,25 @@
-//! The PostgreSQL store's schema (created or checked at start in one
-//! transaction) and the advisory lock that keeps one node per database.
+//! The PostgreSQL store's schema: created on an empty database, upgraded
+//! from an older version, or checked, at start, in one transaction that
+//! nodes starting at once take turns on.
 
-use postgres::Client;
+use postgres::{Client, IsolationLevel, Transaction};
 
 use crate::store::StoreError;
 
 /// The schema this version writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// The advisory lock key that marks the database as used by a Herald node
-/// (`"herald"` in ASCII).
-const NODE_LOCK: i64 = 0x6865_7261_6c64;
+/// The transaction-level advisory lock every node takes around creating,
+/// upgrading or checking the schema, so that nodes starting at once on an
+/// empty database do not both create it (`"hrldsch"` in ASCII).
+const SCHEMA_LOCK: i64 = 0x68_726c_6473_6368;
 
-/// The schema, created in one transaction on an empty database.
-const SCHEMA: &str = "
+/// The session-level advisory lock a version-1 server holds while it runs
+/// (`"herald"` in ASCII): an upgrade under a running one is refused.
+const V1_NODE_LOCK: i64 = 0x6865_7261_6c64;
+
+/// Version 1: the log, the message ids, the cursors.
+const SCHEMA_V1: &str = "
     CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
     CREATE TABLE counter (
         id boolean PRIMARY KEY DEFAULT true CHECK (id),
@@ -36,56 +42,79 @@ const SCHEMA: &str = "
     CREATE TABLE acks (client_id text PRIMARY KEY, last_ack bigint NOT NULL);
     INSERT INTO counter (last) VALUES (0);
     INSERT INTO meta (key, value) VALUES ('pruned_upto', 0);
+    INSERT INTO meta (key, value) VALUES ('schema_version', 1);
 ";
 
-/// Takes the session-level lock that makes this connection's server the
-/// database's one node.
-pub(super) fn take_node_lock(client: &mut Client) -> Result<(), StoreError> {
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])?
-        .try_get(0)?;
-    if got {
-        Ok(())
-    } else {
-        Err(StoreError::Unusable(
-            "another Herald server uses this database; running several nodes on one database is not supported yet".into(),
-        ))
-    }
-}
+/// Version 1 to 2: which node holds each client id's session, under which
+/// claim number (several nodes on one database).
+const V1_TO_V2: &str = "
+    CREATE TABLE sessions (
+        client_id text PRIMARY KEY,
+        node text NOT NULL,
+        epoch bigint NOT NULL
+    );
+    UPDATE meta SET value = 2 WHERE key = 'schema_version';
+";
 
-/// Creates the schema on an empty database, or checks its version.
+/// Creates the schema on an empty database, upgrades an older one, or
+/// checks its version; refuses a database of a newer Herald, one whose
+/// `meta` table is not Herald's, and an upgrade while a version-1 server
+/// runs on it.
 pub(super) fn init_schema(client: &mut Client) -> Result<(), StoreError> {
-    let mut tx = client.transaction()?;
+    // Read committed: a node that waited for the lock must see the schema
+    // the node before it committed.
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
     let has_meta: bool = tx
         .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
         .try_get(0)?;
-    if has_meta {
-        let version: Option<i64> = tx
-            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        match version {
-            Some(SCHEMA_VERSION) => {}
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Incompatible(format!(
-                    "the database has schema version {v}, written by a newer Herald; this server reads version {SCHEMA_VERSION}; refusing to use it"
-                )))
-            }
-            _ => {
-                return Err(StoreError::Incompatible(
-                    "the database holds a table `meta` that is not Herald's; refusing to use it"
-                        .into(),
-                ))
-            }
-        }
+    let version = if has_meta {
+        tx.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()?
     } else {
         log::info!("creating the Herald schema (version {SCHEMA_VERSION})");
-        tx.batch_execute(SCHEMA)?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', $1)",
-            &[&SCHEMA_VERSION],
-        )?;
+        tx.batch_execute(SCHEMA_V1)?;
+        Some(1)
+    };
+    match version {
+        Some(SCHEMA_VERSION) => {}
+        Some(1) => {
+            if has_meta {
+                refuse_a_running_v1_server(&mut tx)?;
+                log::info!("upgrading the Herald schema from version 1 to {SCHEMA_VERSION}");
+            }
+            tx.batch_execute(V1_TO_V2)?;
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StoreError::Incompatible(format!(
+                "the database has schema version {v}, written by a newer Herald; this server reads version {SCHEMA_VERSION}; refusing to use it"
+            )))
+        }
+        _ => {
+            return Err(StoreError::Incompatible(
+                "the database holds a table `meta` that is not Herald's; refusing to use it".into(),
+            ))
+        }
     }
     tx.commit()?;
     Ok(())
+}
+
+/// A version-1 server numbers messages on its own: the database must not
+/// become shared while one runs on it.
+fn refuse_a_running_v1_server(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    let free: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&V1_NODE_LOCK])?
+        .try_get(0)?;
+    if free {
+        Ok(())
+    } else {
+        Err(StoreError::Unusable(
+            "a Herald server of an older version uses this database; stop it before starting this one".into(),
+        ))
+    }
 }
