@@ -2,7 +2,11 @@
 //! load generator completes and that what it counted is complete, not
 //! speed (benchmarks are never timed assertions).
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::process::Command;
 
@@ -98,6 +102,28 @@ fn servers_deal_clients_over_the_nodes_and_count_cross_node_deliveries() {
     let r = bench_args(&["--servers", &list, "catchup", "--messages", "100"]);
     assert_eq!(r["workload"], "catchup");
     assert_eq!(r["opts"]["messages"], 100);
+}
+
+#[test]
+fn servers_over_a_real_cluster_count_every_cross_node_delivery() {
+    // Two nodes on one private PostgreSQL: messages cross for real.
+    let c = cluster::Cluster::start(2, &ids());
+    let r = bench_args(&[
+        "--servers",
+        &c.servers(),
+        "fanout",
+        "--clients",
+        "4",
+        "--messages",
+        "30",
+        "--window",
+        "8",
+    ]);
+    assert_eq!(r["sends"], 120);
+    assert_eq!(r["deliveries"], 4 * 3 * 30);
+    assert_eq!(r["nodes"], 2);
+    assert_eq!(r["cross_node_deliveries"], 4 * 2 * 30);
+    assert!(r["cross_node_latency_us_p99"].as_u64().unwrap() >= 1, "{r}");
 }
 
 #[test]
