@@ -275,6 +275,9 @@ impl Store for PostgresStore {
         match write_batch(self.conn()?, batch) {
             Outcome::Committed(result) => Ok(result),
             Outcome::NotCommitted(e) => Err(self.fail(e)),
+            Outcome::Raced => Err(StoreError::Unavailable(
+                "a message id was being stored by another node at the same moment; retrying".into(),
+            )),
             Outcome::Unknown(e, xid, result) => {
                 // The answer to COMMIT was lost: it may or may not have
                 // been applied. Ask the database once it answers again.
