@@ -380,6 +380,7 @@ fn forgetting_mids_keeps_the_newest_and_the_young_of_every_store() {
         keep: 2,
         max_age_ms: 1000,
         now_ms: 10_000,
+        cap: 100,
     };
     b.forget_mids(&[(id("young"), Seq(100))], &policy).unwrap();
     let left: Vec<String> = a
@@ -411,6 +412,60 @@ fn forgetting_mids_keeps_the_newest_and_the_young_of_every_store() {
         .collect();
     left.sort();
     assert_eq!(left, ["o1", "o5", "y4", "y5"]);
+    // The cap holds however young they are.
+    b.append(&[
+        at("young", "y6", 20_000),
+        at("young", "y7", 20_000),
+        at("young", "y8", 20_000),
+    ])
+    .unwrap();
+    let capped = MidPolicy { cap: 3, ..later };
+    a.forget_mids(&[], &capped).unwrap();
+    let mut young: Vec<String> = b
+        .recover()
+        .unwrap()
+        .mids
+        .into_iter()
+        .filter(|m| m.client == id("young"))
+        .map(|m| m.mid)
+        .collect();
+    young.sort();
+    assert_eq!(young, ["y6", "y7", "y8"]);
+}
+
+#[test]
+fn a_mid_stored_by_another_node_while_a_batch_waits_for_the_counter_is_a_duplicate() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let mut a = PostgresStore::open(&url).unwrap();
+    append(&mut a, "v", &["one"]);
+    // Another node holds the counter row: `a`'s batch looks its mid up
+    // (not stored yet) and then waits for the row.
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = other.transaction().unwrap();
+    tx.query_one("SELECT last FROM counter FOR UPDATE", &[])
+        .unwrap();
+    let waiting = std::thread::spawn(move || {
+        let got = a.append(&[new("w", "raced", Some("r"))]).unwrap();
+        (a, got)
+    });
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    backend_waiting(&mut admin, &db, "transactionid");
+    // Meanwhile the other node stores the same mid as seq 2 and commits.
+    tx.batch_execute(
+        "INSERT INTO messages (seq, unix_ms, sender, text) VALUES (2, 1005, 'w', 'raced');
+         INSERT INTO mids (client_id, mid, seq, unix_ms) VALUES ('w', 'r', 2, 1005);
+         UPDATE counter SET last = 2;",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let (mut a, got) = waiting.join().unwrap();
+    assert_eq!(got, vec![Appended::Duplicate(Seq(2))]);
+    // Nothing was stored twice, and numbering goes on densely.
+    assert_eq!(append(&mut a, "v", &["three"]), vec![3]);
+    let all = a.read_after(Seq(0), Seq(100), 100, usize::MAX).unwrap();
+    assert_eq!(all.iter().map(|m| m.seq().0).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
 /// The process id of the backend of database `db` that waits on
