@@ -380,6 +380,7 @@ fn forgetting_mids_keeps_the_newest_and_the_young_of_every_store() {
         keep: 2,
         max_age_ms: 1000,
         now_ms: 10_000,
+        cap: 100,
     };
     b.forget_mids(&[(id("young"), Seq(100))], &policy).unwrap();
     let left: Vec<String> = a
@@ -411,6 +412,25 @@ fn forgetting_mids_keeps_the_newest_and_the_young_of_every_store() {
         .collect();
     left.sort();
     assert_eq!(left, ["o1", "o5", "y4", "y5"]);
+    // The cap holds however young they are.
+    b.append(&[
+        at("young", "y6", 20_000),
+        at("young", "y7", 20_000),
+        at("young", "y8", 20_000),
+    ])
+    .unwrap();
+    let capped = MidPolicy { cap: 3, ..later };
+    a.forget_mids(&[], &capped).unwrap();
+    let mut young: Vec<String> = b
+        .recover()
+        .unwrap()
+        .mids
+        .into_iter()
+        .filter(|m| m.client == id("young"))
+        .map(|m| m.mid)
+        .collect();
+    young.sort();
+    assert_eq!(young, ["y6", "y7", "y8"]);
 }
 
 /// The process id of the backend of database `db` that waits on

@@ -69,7 +69,8 @@ struct Args {
     memory: bool,
 
     /// Keep everything in this PostgreSQL database (`postgres://…`) instead
-    /// of in --data-dir; one server per database for now.
+    /// of in --data-dir; every server given the same database and allow-list
+    /// is a node of one broker (see docs/cluster.md).
     #[arg(
         long,
         env = "HERALD_DATABASE_URL",

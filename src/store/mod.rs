@@ -120,7 +120,7 @@ pub fn number_from(head: Seq, batch: &[NewMessage]) -> (Vec<Message>, Vec<MidRec
 }
 
 /// Which message ids may be forgotten: per client id, those beyond its
-/// newest `keep` that are older than `max_age_ms`.
+/// newest `keep` that are older than `max_age_ms`, and any beyond `cap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MidPolicy {
     /// The newest this many per client id are always kept…
@@ -129,6 +129,9 @@ pub struct MidPolicy {
     pub max_age_ms: u64,
     /// The time the age is measured at.
     pub now_ms: u64,
+    /// Never more than this many per client id, however young (the
+    /// registry's own bound, [`crate::actors::dedupe::MAX_MIDS_PER_ID`]).
+    pub cap: usize,
 }
 
 /// A login, as the store is asked to record it (see [`Store::login`]).

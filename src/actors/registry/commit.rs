@@ -118,7 +118,15 @@ impl Registry {
                     Err(StoreError::Engine(format!("store actor unreachable: {e}")))
                 });
                 match res {
-                    Ok(stored) => act.on_committed(batch, stored, ctx),
+                    Ok(stored) => {
+                        if let Some(since) = act.commits_waiting_since.take() {
+                            log::info!(
+                                "store available again after {:.1} s; the waiting SENDs are being committed",
+                                since.elapsed().as_secs_f64()
+                            );
+                        }
+                        act.on_committed(batch, stored, ctx)
+                    }
                     Err(StoreError::Unavailable(e)) => {
                         return act.on_store_unavailable(batch, e, ctx)
                     }
@@ -155,11 +163,15 @@ impl Registry {
             self.commit(ctx);
             return;
         }
-        log::warn!(
-            "store unavailable ({e}); {} SEND(s) wait unanswered, trying again in {} ms",
-            batch.len(),
-            STORE_RETRY.as_millis()
-        );
+        if self.commits_waiting_since.is_none() {
+            // One line until the store is back, not one per retry.
+            log::warn!(
+                "store unavailable ({e}); {} SEND(s) wait unanswered, trying again every {} ms",
+                batch.len(),
+                STORE_RETRY.as_millis()
+            );
+            self.commits_waiting_since = Some(std::time::Instant::now());
+        }
         self.pending.splice(0..0, batch);
         self.committing = true;
         ctx.run_later(STORE_RETRY, |act, ctx| {
@@ -329,6 +341,7 @@ impl Registry {
                     keep,
                     max_age_ms: max_age,
                     now_ms: now,
+                    cap: crate::actors::dedupe::MAX_MIDS_PER_ID.max(keep),
                 },
             });
         }

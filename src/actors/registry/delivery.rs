@@ -11,6 +11,10 @@ use crate::net::{ByeReason, Message};
 use crate::store::{ReadAfter, StoreError};
 use crate::types::Seq;
 
+/// How long a session's read waits before trying an unavailable store
+/// again.
+const READ_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Pushes `s` the messages after its cursor that the tail holds, while it
 /// has credit, in pushes of at most `max_deliver`. Returns whether it is
 /// still behind and the next messages are only in the store.
@@ -127,6 +131,13 @@ impl Registry {
                     s.to.do_send(ToSession::Deliver(batch));
                 }
                 self.pump(sid, ctx);
+            }
+            Ok(Err(StoreError::Unavailable(e))) => {
+                // The database is away: the session stays, and is pumped
+                // again once it may be back (the failure is logged by the
+                // commit stream's reads, once).
+                log::debug!("reading the log for {} must wait: {e}", s.id);
+                ctx.run_later(READ_RETRY, move |act, ctx| act.pump(sid, ctx));
             }
             Ok(Err(e)) => {
                 log::error!(

@@ -168,6 +168,8 @@ pub struct Registry {
     inflight_mids: HashSet<(ClientId, String)>,
     /// An append is in flight.
     committing: bool,
+    /// Since when appends find the store unavailable (logged once).
+    commits_waiting_since: Option<Instant>,
     /// Client ids whose `last_ack` changed since the last save.
     dirty_acks: HashSet<ClientId>,
     shutting_down: bool,
@@ -234,6 +236,7 @@ impl Registry {
             pending: Vec::new(),
             inflight_mids: HashSet::new(),
             committing: false,
+            commits_waiting_since: None,
             dirty_acks: HashSet::new(),
             shutting_down: false,
             auth: None,

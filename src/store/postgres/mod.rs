@@ -91,7 +91,8 @@ const LOGIN: &str = "
     FROM v";
 
 /// Forgets message ids by age over every node's rows: per client id, those
-/// beyond its newest `$1` that were stored before `$2` (unix ms).
+/// beyond its newest `$1` that were stored before `$2` (unix ms), and any
+/// beyond its newest `$3`.
 const FORGET_MIDS: &str = "
     DELETE FROM mids m USING (
         SELECT client_id, mid FROM (
@@ -99,7 +100,7 @@ const FORGET_MIDS: &str = "
                    row_number() OVER (PARTITION BY client_id ORDER BY seq DESC) AS newer
             FROM mids
         ) ranked
-        WHERE newer > $1 AND unix_ms < $2
+        WHERE (newer > $1 AND unix_ms < $2) OR newer > $3
     ) old
     WHERE m.client_id = old.client_id AND m.mid = old.mid";
 
@@ -452,10 +453,11 @@ impl Store for PostgresStore {
         policy: &MidPolicy,
     ) -> Result<(), StoreError> {
         let keep = i64::try_from(policy.keep).unwrap_or(i64::MAX);
+        let cap = i64::try_from(policy.cap.max(policy.keep)).unwrap_or(i64::MAX);
         let before =
             i64::try_from(policy.now_ms.saturating_sub(policy.max_age_ms)).unwrap_or(i64::MAX);
         self.run(|conn| {
-            conn.execute(FORGET_MIDS, &[&keep, &before])?;
+            conn.execute(FORGET_MIDS, &[&keep, &before, &cap])?;
             Ok(())
         })
     }
