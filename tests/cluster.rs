@@ -445,3 +445,23 @@ async fn a_mid_raced_through_two_nodes_is_stored_once() {
     let want: Vec<String> = (0..ROUNDS).map(|r| format!("race {r}")).collect();
     assert_eq!(texts, want, "each raced line stored once, in order");
 }
+
+/// A login right after another node committed (before this node may have
+/// heard of it): the `WELCOME` count already includes the new message and
+/// exactly that many messages follow, again and again.
+#[tokio::test]
+async fn welcome_counts_are_right_right_after_a_commit_on_another_node() {
+    const ROUNDS: u64 = 20;
+    let c = Cluster::start(3, "w,r");
+    let (mut w, _) = login(&c, 0, "w").await;
+    for n in 1..=ROUNDS {
+        assert_eq!(w.send(&format!("m{n}")).await, n);
+        let (mut r, pending) = login(&c, 1 + (n as usize % 2), "r").await;
+        assert_eq!(pending, n, "round {n}: r never acked, so it is owed all");
+        for k in 1..=n {
+            r.expect(k, "w", &format!("m{k}")).await;
+        }
+        r.expect_quiet().await;
+        r.quit().await;
+    }
+}

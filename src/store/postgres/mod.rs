@@ -197,6 +197,24 @@ impl PostgresStore {
         }
     }
 
+    /// Whether the log holds `m` at its seq, as written.
+    fn holds(&mut self, m: &Message) -> Result<bool, StoreError> {
+        let seq = m.seq().0 as i64;
+        self.run(|c| {
+            let row = c.client().query_opt(
+                "SELECT sender, unix_ms, text FROM messages WHERE seq = $1",
+                &[&seq],
+            )?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let sender: &str = row.try_get(0)?;
+            let unix_ms: i64 = row.try_get(1)?;
+            let text: &[u8] = row.try_get(2)?;
+            Ok(sender == m.from().as_str() && unix_ms == m.unix_ms() as i64 && text == m.text())
+        })
+    }
+
     /// Runs `f` on the live connection.
     fn run<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T, Failed>) -> Result<T, StoreError> {
         let r = f(self.conn()?);
@@ -208,12 +226,17 @@ impl PostgresStore {
 
     /// After a `COMMIT` whose answer was lost: waits (reconnecting with
     /// backoff, for as long as it takes) until the database answers, then
-    /// tells whether transaction `xid` was committed (`txid_status`, made
-    /// for exactly this; the counter cannot tell, since other nodes move
-    /// it). A transaction the server still sees in progress (its session
-    /// not yet ended) is asked about again: the server ends such a session
-    /// within `idle_in_transaction_session_timeout`.
-    fn settle_commit(&mut self, xid: i64) -> bool {
+    /// tells whether the batch whose first message is `first`, written by
+    /// transaction `xid`, was committed. The counter cannot tell, since
+    /// other nodes move it. `txid_status` can, but not alone: after a crash
+    /// the id of a transaction that never reached the disk is handed out
+    /// again, and may belong to a committed one. So a batch counts as
+    /// committed only when its transaction id says so and its first row is
+    /// there, as written (rows of one transaction commit together). A
+    /// transaction the server still sees in progress (its session not yet
+    /// ended) is asked about again: the server ends such a session within
+    /// `idle_in_transaction_session_timeout`.
+    fn settle_commit(&mut self, xid: i64, first: &Message) -> bool {
         log::warn!("the database connection broke during a commit; waiting for the database to learn its outcome");
         let mut warned = Instant::now();
         let mut pause = Backoff::new();
@@ -223,8 +246,12 @@ impl PostgresStore {
                 Ok(row.try_get::<_, Option<String>>(0)?)
             });
             match answer.as_ref().map(|s| s.as_deref()) {
-                Ok(Some("committed")) => return true,
                 Ok(Some("aborted")) => return false,
+                // Committed, or forgotten (too old to say): the rows tell.
+                Ok(Some("committed")) | Ok(None) => match self.holds(first) {
+                    Ok(held) => return held,
+                    Err(_) => std::thread::sleep(pause.failed()),
+                },
                 Ok(_) | Err(_) => {
                     if warned.elapsed() > Duration::from_secs(10) {
                         log::warn!("still waiting for the database to settle a commit");
@@ -283,7 +310,13 @@ impl Store for PostgresStore {
                 // been applied. Ask the database once it answers again.
                 let reason = one_line(&e);
                 self.lose(&reason);
-                if self.settle_commit(xid) {
+                let first = result.iter().find_map(|a| match a {
+                    Appended::Stored(m) => Some(m.clone()),
+                    Appended::Duplicate(_) => None,
+                });
+                // A transaction that stored nothing has nothing to lose.
+                let applied = first.is_none_or(|m| self.settle_commit(xid, &m));
+                if applied {
                     log::info!("the interrupted commit was applied");
                     Ok(result)
                 } else {
