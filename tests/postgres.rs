@@ -468,6 +468,31 @@ fn a_mid_stored_by_another_node_while_a_batch_waits_for_the_counter_is_a_duplica
     assert_eq!(all.iter().map(|m| m.seq().0).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
+#[test]
+fn a_batch_waits_for_the_counter_row_whatever_the_databases_statement_timeout() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    // A database whose default would cancel a statement that waits 50 ms.
+    pg.execute(
+        &db,
+        &format!("ALTER DATABASE \"{db}\" SET statement_timeout = '50ms'"),
+    );
+    let mut a = PostgresStore::open(&url).unwrap();
+    append(&mut a, "v", &["one"]);
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = other.transaction().unwrap();
+    tx.query_one("SELECT last FROM counter FOR UPDATE", &[])
+        .unwrap();
+    let waiting = std::thread::spawn(move || append(&mut a, "v", &["two"]));
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    backend_waiting(&mut admin, &db, "transactionid");
+    // Held well past the database's statement timeout.
+    std::thread::sleep(Duration::from_millis(300));
+    tx.commit().unwrap();
+    assert_eq!(waiting.join().unwrap(), vec![2]);
+}
+
 /// The process id of the backend of database `db` that waits on
 /// `wait_event` (bounded by the deadline).
 fn backend_waiting(admin: &mut postgres::Client, db: &str, wait_event: &str) -> i32 {

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use super::Registry;
 use crate::actors::messages::{Ack, SaveAck};
 use crate::actors::retention::{PruneBounds, Retain};
-use crate::store::SaveAcks;
+use crate::store::{SaveAcks, StoreError};
 use crate::types::{ClientId, Seq};
 
 impl Handler<Ack> for Registry {
@@ -32,21 +32,7 @@ impl Handler<SaveAck> for Registry {
             // Nothing new to save.
             return Box::pin(fut::ready(()));
         };
-        let id = msg.id;
-        Box::pin(
-            self.store
-                .send(SaveAcks(vec![(id.clone(), last_ack)]))
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    let failed = match res {
-                        Ok(Ok(())) => return,
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => format!("store unreachable: {e}"),
-                    };
-                    log::warn!("saving the acknowledgements of {id} failed (retried with the next flush): {failed}");
-                    act.dirty_acks.insert(id);
-                }),
-        )
+        Box::pin(self.store_acks(vec![(msg.id, last_ack)]).map(|_, _, _| ()))
     }
 }
 
@@ -62,17 +48,54 @@ impl Registry {
             .drain()
             .filter_map(|id| self.users.get(&id).map(|u| (id, u.last_ack)))
             .collect();
-        self.store
-            .send(SaveAcks(acks))
-            .into_actor(self)
-            .map(|res, act, ctx| match res {
-                Ok(Ok(())) => act.prune(ctx),
-                Ok(Err(e)) => {
-                    log::warn!("saving acknowledgements failed (they will be redelivered): {e}")
+        self.store_acks(acks)
+            .map(|saved, act, ctx| {
+                if saved {
+                    act.prune(ctx);
                 }
-                Err(e) => log::warn!("store unreachable while saving acknowledgements: {e}"),
             })
             .spawn(ctx);
+    }
+
+    /// Stores `acks`; says whether it worked. What is stored becomes each
+    /// id's `saved_ack`; what failed is saved again with the next flush
+    /// (an ack lost for good would only mean redelivery, but there is no
+    /// need to lose it).
+    fn store_acks(
+        &mut self,
+        acks: Vec<(ClientId, Seq)>,
+    ) -> impl ActorFuture<Self, Output = bool> + 'static {
+        self.store
+            .send(SaveAcks(acks.clone()))
+            .into_actor(self)
+            .map(move |res, act, _| {
+                let failed = match res {
+                    Ok(Ok(())) => {
+                        for (id, seq) in acks {
+                            if let Some(u) = act.users.get_mut(&id) {
+                                u.saved_ack = u.saved_ack.max(seq);
+                            }
+                        }
+                        return true;
+                    }
+                    // An outage is logged once by the commits and reads;
+                    // not again every flush.
+                    Ok(Err(StoreError::Unavailable(e))) => {
+                        log::debug!("saving acknowledgements must wait: {e}");
+                        String::new()
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("store unreachable: {e}"),
+                };
+                if !failed.is_empty() {
+                    log::warn!(
+                        "saving the acknowledgements of {} client id(s) failed (tried again with the next flush): {failed}",
+                        acks.len()
+                    );
+                }
+                act.dirty_acks.extend(acks.into_iter().map(|(id, _)| id));
+                false
+            })
     }
 
     /// Deletes messages every allowed id has handled (acknowledged, or sent
@@ -86,7 +109,7 @@ impl Registry {
             return;
         }
         let limit = Seq(self.head.0.saturating_sub(keep));
-        let acks = self.users.iter().map(|(id, u)| (id, u.last_ack));
+        let acks = self.users.iter().map(|(id, u)| (id, u.saved_ack));
         let Some(b) = PruneBounds::of(acks, limit) else {
             return;
         };

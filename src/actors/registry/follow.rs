@@ -81,6 +81,7 @@ impl Registry {
         if self.ahead.len() > self.config.tail_messages {
             // The store has them; the catch-up reads them back.
             self.ahead.clear();
+            self.follow(ctx);
         }
         if !self.ahead.is_empty() {
             self.follow(ctx);
@@ -133,9 +134,12 @@ impl Registry {
                         if std::mem::take(&mut act.follow_failing) {
                             log::info!("reading the log again after seq {}", act.head);
                         }
+                        // A read stops at `max` messages, or before the
+                        // message that would pass the byte bound: one that
+                        // brought half the bound may have stopped early.
                         let more = messages.len() >= max
                             || messages.iter().map(|m| m.frame().len()).sum::<usize>()
-                                >= FOLLOW_READ_BYTES;
+                                > FOLLOW_READ_BYTES / 2;
                         act.on_followed(messages, upto, more);
                         act.pump_all(ctx);
                         if more || act.follow_again {
@@ -161,6 +165,7 @@ impl Registry {
     /// A catch-up read came back with everything committed after the head
     /// up to `upto` (or the first part of it, when `more`).
     fn on_followed(&mut self, messages: Vec<Message>, upto: Seq, more: bool) {
+        let read_nothing = messages.is_empty();
         for m in messages {
             if m.seq() > self.head {
                 self.push_committed(m);
@@ -172,11 +177,13 @@ impl Registry {
         let Some(first) = self.ahead.first().map(Message::seq) else {
             return;
         };
-        // A read bounded by the first own message waiting saw everything
-        // below it (it was committed before that one): what is still
-        // missing there was pruned meanwhile. A read that began before the
-        // own message was known proves nothing; the next one will.
-        if upto.next() == first && self.head < upto {
+        // An empty read bounded by the first own message waiting saw
+        // everything below it (it was committed before that one): what is
+        // still missing there was pruned meanwhile. A read that brought
+        // something may have stopped at its byte bound, and one that began
+        // before the own message was known proves nothing: the next read
+        // tells.
+        if upto.next() == first && self.head < upto && read_nothing {
             self.head = upto;
             self.tail.clear();
         }
@@ -205,9 +212,16 @@ impl Registry {
     /// Asks the store for the session epochs of the ids online here, and
     /// ends the sessions a login on another node took over.
     pub(super) fn check_sessions(&mut self, ctx: &mut Context<Self>) {
-        if !self.shared || self.checking_sessions {
+        if !self.shared {
             return;
         }
+        if self.checking_sessions {
+            // A wake-up during a check: the claim may be newer than what
+            // the check reads, so one more follows it.
+            self.check_sessions_again = true;
+            return;
+        }
+        self.check_sessions_again = false;
         let ids: Vec<ClientId> = self
             .sessions
             .values()
@@ -221,8 +235,11 @@ impl Registry {
         self.store
             .send(SessionEpochs(ids))
             .into_actor(self)
-            .map(|res, act, _| {
+            .map(|res, act, ctx| {
                 act.checking_sessions = false;
+                if std::mem::take(&mut act.check_sessions_again) {
+                    act.check_sessions(ctx);
+                }
                 match res {
                     Ok(Ok(epochs)) => act.on_epochs(epochs),
                     // Logged by the read of the log, which fails alike.

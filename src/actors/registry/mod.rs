@@ -118,6 +118,10 @@ fn node_name() -> String {
 #[derive(Debug, Default)]
 struct User {
     last_ack: Seq,
+    /// The highest `last_ack` known to be in the store: pruning goes by it,
+    /// so a login elsewhere (which reads the store's) never finds pruned
+    /// messages it was not told are acknowledged.
+    saved_ack: Seq,
     online: Option<SessionId>,
 }
 
@@ -158,8 +162,10 @@ pub struct Registry {
     follow_again: bool,
     /// The last catch-up read failed (logged once, until one works).
     follow_failing: bool,
-    /// A check of the sessions' claims is under way.
+    /// A check of the sessions' claims is under way…
     checking_sessions: bool,
+    /// …and another should follow it.
+    check_sessions_again: bool,
     tail: Tail,
     pending: Vec<PendingSend>,
     /// Recent message ids per client id (see [`MidWindow`]).
@@ -202,6 +208,7 @@ impl Registry {
                     id,
                     User {
                         last_ack,
+                        saved_ack: last_ack,
                         online: None,
                     },
                 )
@@ -232,6 +239,7 @@ impl Registry {
             follow_again: false,
             follow_failing: false,
             checking_sessions: false,
+            check_sessions_again: false,
             tail: Tail::default(),
             pending: Vec::new(),
             inflight_mids: HashSet::new(),

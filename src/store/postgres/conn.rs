@@ -43,8 +43,12 @@ pub(super) fn config(url: &str) -> Result<postgres::Config, StoreError> {
 /// Opens a connection and sets it up for the store.
 pub(super) fn connect(config: &postgres::Config) -> Result<Conn, postgres::Error> {
     let mut client = config.connect(NoTls)?;
+    // No statement or lock timeout of the database's defaults: a batch that
+    // waits for the counter row must wait, not fail (a refused batch is an
+    // `ERR` its clients would drop their lines for).
     client.batch_execute(&format!(
-        "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
+        "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS};
+         SET statement_timeout = 0; SET lock_timeout = 0"
     ))?;
     Ok(Conn {
         client,
@@ -198,6 +202,22 @@ pub(super) fn is_unavailable(e: &postgres::Error) -> bool {
         || code == "25006" // read-only transaction (a standby)
 }
 
+/// Whether `e` failed this one statement for a passing reason (cancelled
+/// or timed out, a lock not available, a deadlock or serialisation
+/// failure): the connection is fine, and the same request may succeed
+/// when tried again, so it must not be refused for good.
+pub(super) fn is_transient(e: &postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        matches!(
+            db.code().code(),
+            "57014" // query cancelled (statement timeout, an administrator)
+                | "55P03" // lock not available (lock timeout)
+                | "40001" // serialisation failure
+                | "40P01" // deadlock detected
+        )
+    })
+}
+
 /// Whether an error answering `COMMIT` proves the transaction was not
 /// committed: only a plain `ERROR` does. A `FATAL` ends the session
 /// without saying whether the commit was written before, and no answer at
@@ -211,7 +231,7 @@ pub(super) fn refused_commit(e: &postgres::Error) -> bool {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        if is_unavailable(&e) {
+        if is_unavailable(&e) || is_transient(&e) {
             StoreError::Unavailable(one_line(&e))
         } else {
             StoreError::Engine(one_line(&e))

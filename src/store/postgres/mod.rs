@@ -192,6 +192,8 @@ impl PostgresStore {
         if conn::is_unavailable(&e) || closed {
             self.lose(&one_line(&e));
             StoreError::Unavailable(one_line(&e))
+        } else if conn::is_transient(&e) {
+            StoreError::Unavailable(one_line(&e))
         } else {
             StoreError::Engine(one_line(&e))
         }
@@ -242,6 +244,15 @@ impl PostgresStore {
         let mut pause = Backoff::new();
         loop {
             let answer = self.run(|c| {
+                // An id not handed out yet in the server's present life was
+                // lost with a crash before it reached the disk (a committed
+                // one would have been); `txid_status` would refuse it.
+                let next: i64 = c
+                    .query_one("SELECT txid_snapshot_xmax(txid_current_snapshot())", &[])?
+                    .try_get(0)?;
+                if xid >= next {
+                    return Ok(Some("aborted".to_owned()));
+                }
                 let row = c.query_one("SELECT txid_status($1)", &[&xid])?;
                 Ok(row.try_get::<_, Option<String>>(0)?)
             });
