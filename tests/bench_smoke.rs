@@ -10,7 +10,7 @@ mod pg;
 
 use std::process::Command;
 
-use common::Server;
+use common::{run_bench_args, Server};
 
 fn ids() -> String {
     let mut ids: Vec<String> = (0..4).map(|i| format!("bench-{i}")).collect();
@@ -48,30 +48,13 @@ fn fanout_counts_every_delivery() {
     assert!(r["cross_node_latency_us_p50"].is_null());
 }
 
-/// Runs `bench --json ARGS` (which name their servers) and parses its one
-/// JSON line.
-fn bench_args(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .arg("--json")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bench {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
-}
-
 #[test]
 fn servers_deal_clients_over_the_nodes_and_count_cross_node_deliveries() {
     // Two entries for one server (two names of loopback): two nodes as far
     // as the load generator can tell.
     let s = Server::start(&["--memory", "--client-ids", &ids()]);
     let list = format!("127.0.0.1:{0},localhost:{0}", s.port);
-    let r = bench_args(&[
+    let r = run_bench_args(&[
         "fanout",
         "--servers",
         &list,
@@ -99,7 +82,7 @@ fn servers_deal_clients_over_the_nodes_and_count_cross_node_deliveries() {
     drop(s);
     let s = Server::start(&["--memory", "--client-ids", &ids()]);
     let list = format!("127.0.0.1:{0},localhost:{0}", s.port);
-    let r = bench_args(&["--servers", &list, "catchup", "--messages", "100"]);
+    let r = run_bench_args(&["--servers", &list, "catchup", "--messages", "100"]);
     assert_eq!(r["workload"], "catchup");
     assert_eq!(r["opts"]["messages"], 100);
 }
@@ -108,7 +91,7 @@ fn servers_deal_clients_over_the_nodes_and_count_cross_node_deliveries() {
 fn servers_over_a_real_cluster_count_every_cross_node_delivery() {
     // Two nodes on one private PostgreSQL: messages cross for real.
     let c = cluster::Cluster::start(2, &ids());
-    let r = bench_args(&[
+    let r = run_bench_args(&[
         "--servers",
         &c.servers(),
         "fanout",

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use cluster::Cluster;
 use cluster_clients::ClientProc;
+use common::Rng;
 
 /// How long the clients type. The whole cluster suite (cluster.rs,
 /// cluster_faults.rs and this soak) must finish in about 2.5 minutes on a
@@ -48,21 +49,6 @@ const PG_KILLS: usize = 1;
 /// How long everything may take to settle once typing stopped: clients
 /// back off up to 5 s between reconnects.
 const SETTLE: Duration = Duration::from_secs(40);
-
-/// xorshift64*: a small, seedable random source for the schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the prober was told: (seq, text, how) per `SENT`, where `how`
 /// names the node's port and the attempt that got the answer.

@@ -278,8 +278,15 @@ pub fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Re
 
 /// Runs `bench --json ARGS` against `port` and returns its JSON report.
 pub fn run_bench(port: u16, args: &[&str]) -> serde_json::Value {
+    let port = port.to_string();
+    run_bench_args(&[&["--port", &port][..], args].concat())
+}
+
+/// Runs `bench --json ARGS` (which name their servers) and returns its
+/// JSON report.
+pub fn run_bench_args(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--port", &port.to_string(), "--json"])
+        .arg("--json")
         .args(args)
         .output()
         .unwrap();
@@ -470,4 +477,23 @@ pub async fn assert_2000_survived(s: &Server) {
     let (mut w, _) = s.login("w").await;
     w.send("SEND after the crash").await;
     assert_eq!(w.line().await, "SENT 2001");
+}
+
+/// xorshift64*: a small, seedable random source for soak schedules, so a
+/// failing run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next pseudo-random number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A pseudo-random number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
