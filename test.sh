@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check the project has: formatting, lints, unit and integration tests
 # (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh),
-# the Docker image (built, its scenario tests run, a server container on a
+# scripts/try-cluster.sh --check (two clients on two cluster nodes), the
+# Docker image (built, its scenario tests run, a server container on a
 # volume stopped and restarted; see scripts/docker-test.sh), and the four
 # end-to-end scenarios over the real binaries.
 # This is the README's test command and what CI runs. HERALD_SKIP_DOCKER=1
@@ -17,6 +18,8 @@ echo "== PostgreSQL 15 for tests/postgres.rs (installed with apt-get when missin
 scripts/ensure-postgres.sh
 echo "== cargo test"
 cargo test --locked
+echo "== try-cluster --check (the debug binaries cargo test just built)"
+HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/try-cluster.sh --check
 echo "== docker (the image; the host's client is the debug one cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/docker-test.sh
 echo "== scenarios (the debug binaries cargo test just built)"
