@@ -490,6 +490,18 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
+    /// Rewrites one `meta` row (`probed_ms`, the time) in a transaction of
+    /// its own: it fails as a commit would (full disk, lost permissions, a
+    /// lock held elsewhere), and costs one page of the log.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('probed_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![crate::types::unix_ms_now().to_string()],
+        )?;
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;

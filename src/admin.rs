@@ -1,0 +1,119 @@
+//! The admin listener (`--admin-bind`): `GET /metrics`, `GET /healthz` and
+//! `GET /readyz` over plain HTTP, for a scraper and a load balancer on a
+//! private network. It has no authentication and must never be exposed
+//! (see docs/metrics.md).
+//!
+//! It runs as an actix-web server with one worker thread in the broker's
+//! actix System, started and stopped by [`crate::server`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+use crate::store::{Probe, StoreActor};
+
+/// How long `/readyz` waits for the store's answer: a store stuck in a
+/// commit (or a database that does not answer) is "not ready", not a hung
+/// probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The store actor, asked for [`Probe`] by `/readyz`.
+    pub store: Addr<StoreActor>,
+    /// Whether the broker's listeners accept connections (false before the
+    /// accept loop runs and once a shutdown began).
+    pub accepting: Arc<AtomicBool>,
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
+/// does), the Prometheus text format 0.0.4 otherwise.
+async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    let openmetrics = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (state.metrics.encode_openmetrics(), OPENMETRICS_CONTENT_TYPE)
+    } else {
+        (
+            state.metrics.encode_prometheus_text(),
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+        )
+    };
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .body(body)
+}
+
+/// `GET /healthz`: the process serves HTTP, so it is alive.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ok\n")
+}
+
+/// Why the broker is not ready, or `None` when it is: its listeners accept
+/// connections and the store answers a [`Probe`] within [`PROBE_TIMEOUT`].
+pub async fn not_ready(state: &AdminState) -> Option<String> {
+    if !state.accepting.load(Ordering::Acquire) {
+        return Some("not accepting connections".into());
+    }
+    match state.store.send(Probe).timeout(PROBE_TIMEOUT).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("the store cannot commit: {e}")),
+        Err(actix::MailboxError::Timeout) => Some(format!(
+            "the store did not answer within {} s",
+            PROBE_TIMEOUT.as_secs()
+        )),
+        Err(actix::MailboxError::Closed) => Some("the store has stopped".into()),
+    }
+}
+
+/// `GET /readyz`: 200 `ready`, or 503 with one line saying why not.
+async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
+    match not_ready(&state).await {
+        None => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body("ready\n"),
+        Some(why) => {
+            let line = why.replace(['\r', '\n'], " ");
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("not ready: {line}\n"))
+        }
+    }
+}
+
+/// Starts the admin server on `listener` (bound already); the caller
+/// spawns the returned server and stops it through its handle.
+pub fn start(
+    listener: std::net::TcpListener,
+    state: AdminState,
+) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/metrics", web::get().to(metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    // A scrape now and then: one thread is plenty. Signals are the
+    // broker's to handle; it stops this server after its sessions.
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
