@@ -1,0 +1,593 @@
+//! The admin listener of the real `server` binary (`--admin-bind`): its
+//! `admin on` line, `/metrics` parsed strictly in both text formats and
+//! checked against a known workload over TCP, `/healthz`, and `/readyz`
+//! following a PostgreSQL store that goes away and comes back.
+
+mod common;
+#[path = "common/pg.rs"]
+mod pg;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hash_line, lines_of, Conn, Server, DEADLINE};
+
+/// A broker started with `--admin-bind 127.0.0.1:0`.
+struct Broker {
+    server: Server,
+    admin: SocketAddr,
+    /// Keeps the server's stdout read.
+    _stdout: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `server` on loopback with an admin listener and `args`; checks
+/// its first two stdout lines: `listening on …`, then `admin on …`.
+fn start(args: &[&str]) -> Broker {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .args(["--admin-bind", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let next_line = |what: &str| {
+        stdout
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|e| panic!("no {what} line ({e}): {}", log.lock().unwrap()))
+    };
+    let first = next_line("listening on");
+    let second = next_line("admin on");
+    let main: SocketAddr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = second
+        .strip_prefix("admin on ")
+        .unwrap_or_else(|| panic!("second line {second:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(admin.ip().to_string(), "127.0.0.1");
+    assert_ne!(admin.port(), 0, "the admin line names the port bound");
+    assert_ne!(admin.port(), main.port());
+    Broker {
+        server: Server {
+            child,
+            port: main.port(),
+            log,
+        },
+        admin,
+        _stdout: stdout,
+    }
+}
+
+/// An HTTP response.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection (closed after the reply),
+/// with an `Accept` header when given.
+fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Reply {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, DEADLINE).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let reply = Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    };
+    if let Some(len) = reply.header("content-length") {
+        assert_eq!(len.parse::<usize>().unwrap(), reply.body.len());
+    }
+    reply
+}
+
+/// Calls `f` until it gives a value, every 50 ms, for at most `within`.
+fn poll<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Which text format an exposition is in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Format {
+    OpenMetrics,
+    Prometheus,
+}
+
+/// A metric or label name: `[a-zA-Z_:][a-zA-Z0-9_:]*` (no `:` in labels).
+fn valid_name(s: &str, label: bool) -> bool {
+    let mut chars = s.chars();
+    let ok_first = |c: char| c.is_ascii_alphabetic() || c == '_' || (!label && c == ':');
+    chars.next().is_some_and(ok_first)
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (!label && c == ':'))
+}
+
+/// Splits a sample line into its name, labels (in order) and value; panics
+/// on anything that is not `name{label="value",…} value`.
+fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
+    let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("{line:?}"));
+    let name = &line[..name_end];
+    assert!(valid_name(name, false), "bad metric name in {line:?}");
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after) = rest.strip_prefix('{') {
+        rest = after;
+        loop {
+            let (key, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+            assert!(valid_name(key, true), "bad label name in {line:?}");
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, c @ ('\\' | '"'))) => value.push(c),
+                        other => panic!("bad escape {other:?} in {line:?}"),
+                    },
+                    Some((i, '"')) => break i,
+                    Some((_, c)) => value.push(c),
+                    None => panic!("unterminated label value in {line:?}"),
+                }
+            };
+            labels.push((key.to_owned(), value));
+            rest = &after[end + 1..];
+            if let Some(after) = rest.strip_prefix(',') {
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            } else {
+                panic!("bad label list in {line:?}");
+            }
+        }
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .unwrap_or_else(|| panic!("no value in {line:?}"));
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value (or a timestamp) in {line:?}")),
+    };
+    (name.to_owned(), labels, value)
+}
+
+/// Parses an exposition strictly and returns every sample by its series
+/// (`name` or `name{k="v",…}`, labels sorted). Every line is a sample, a
+/// `HELP` or a `TYPE` (or, in OpenMetrics, a `UNIT` and the final `# EOF`);
+/// each family's `HELP` and `TYPE` come once, before its samples, which are
+/// contiguous and named as its type requires; no series comes twice.
+fn parse_exposition(text: &str, format: Format) -> HashMap<String, f64> {
+    assert!(text.ends_with('\n'), "no final newline");
+    let mut lines: Vec<&str> = text.lines().collect();
+    if format == Format::OpenMetrics {
+        assert_eq!(lines.pop(), Some("# EOF"), "OpenMetrics ends with # EOF");
+    }
+    let mut samples = HashMap::new();
+    let mut seen_families = std::collections::HashSet::new();
+    // The family being read: name, type, whether it had HELP.
+    let mut family: Option<(String, String, bool)> = None;
+    for line in lines {
+        assert!(!line.is_empty(), "empty line");
+        if let Some(meta) = line.strip_prefix("# ") {
+            let (kind, rest) = meta.split_once(' ').unwrap_or((meta, ""));
+            let (name, arg) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            assert!(valid_name(name, false), "{line:?}");
+            let same = family.as_ref().is_some_and(|f| f.0 == name);
+            if !same {
+                assert!(
+                    seen_families.insert(name.to_owned()),
+                    "family {name} comes back after another one"
+                );
+                family = Some((name.to_owned(), String::new(), false));
+            }
+            let f = family.as_mut().unwrap();
+            match kind {
+                "HELP" => {
+                    assert!(!f.2 && f.1.is_empty(), "HELP after HELP or TYPE: {line:?}");
+                    f.2 = true;
+                }
+                "TYPE" => {
+                    assert!(f.1.is_empty(), "second TYPE: {line:?}");
+                    let known = match format {
+                        Format::Prometheus => {
+                            ["counter", "gauge", "histogram", "summary", "untyped"].as_slice()
+                        }
+                        Format::OpenMetrics => [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "unknown",
+                            "info",
+                            "stateset",
+                            "gaugehistogram",
+                        ]
+                        .as_slice(),
+                    };
+                    assert!(known.contains(&arg), "unknown type in {line:?}");
+                    f.1 = arg.to_owned();
+                }
+                "UNIT" if format == Format::OpenMetrics => {
+                    assert!(name.ends_with(&format!("_{arg}")), "{line:?}");
+                }
+                _ => panic!("unexpected comment line {line:?}"),
+            }
+            continue;
+        }
+        let (name, mut labels, value) = parse_sample(line);
+        let (fam, typ, _) = family
+            .as_ref()
+            .unwrap_or_else(|| panic!("sample before any TYPE: {line:?}"));
+        assert!(!typ.is_empty(), "sample of a family without TYPE: {line:?}");
+        let suffix = name
+            .strip_prefix(fam.as_str())
+            .unwrap_or_else(|| panic!("{line:?} is not of family {fam}"));
+        let allowed: &[&str] = match (typ.as_str(), format) {
+            ("counter", Format::Prometheus) => &[""],
+            ("counter", Format::OpenMetrics) => &["_total", "_created"],
+            ("gauge", _) => &[""],
+            ("histogram", Format::Prometheus) => &["_bucket", "_sum", "_count"],
+            ("histogram", Format::OpenMetrics) => &["_bucket", "_sum", "_count", "_created"],
+            (t, _) => panic!("no samples expected of type {t}"),
+        };
+        assert!(allowed.contains(&suffix), "{line:?} in a {typ} family");
+        if suffix == "_bucket" {
+            assert!(labels.iter().any(|(k, _)| k == "le"), "{line:?}");
+        }
+        labels.sort();
+        let series = if labels.is_empty() {
+            name
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        assert!(
+            samples.insert(series.clone(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    samples
+}
+
+/// `/metrics` in both formats, each parsed strictly; they must agree.
+fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let om = get(
+        admin,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+    );
+    assert_eq!(om.status, 200);
+    assert!(
+        om.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{:?}",
+        om.header("content-type")
+    );
+    let text = get(admin, "/metrics", None);
+    assert_eq!(text.status, 200);
+    assert!(
+        text.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        text.header("content-type")
+    );
+    let a = parse_exposition(&om.body, Format::OpenMetrics);
+    let b = parse_exposition(&text.body, Format::Prometheus);
+    // The same series in both: the second scrape may only have seen more.
+    let mut names_a: Vec<&String> = a.keys().collect();
+    let mut names_b: Vec<&String> = b.keys().collect();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b);
+    b
+}
+
+fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no {series} in {m:#?}"))
+}
+
+/// A connection that counts the bytes it writes and reads.
+struct Counted {
+    conn: Conn,
+    sent: usize,
+    read: usize,
+}
+
+impl Counted {
+    async fn connect(port: u16) -> Counted {
+        Counted {
+            conn: Conn::connect(port).await,
+            sent: 0,
+            read: 0,
+        }
+    }
+
+    async fn send(&mut self, frame: &str) {
+        self.conn.send(frame).await;
+        self.sent += frame.len() + 1;
+    }
+
+    async fn line(&mut self) -> String {
+        let l = self.conn.line().await;
+        self.read += l.len() + 1;
+        l
+    }
+
+    /// Reads until the server closes.
+    async fn until_eof(&mut self) {
+        while let Some(l) = self.conn.try_line().await {
+            self.read += l.len() + 1;
+        }
+    }
+}
+
+fn secrets_file(dir: &tempfile::TempDir, lines: &[String]) -> String {
+    let path = dir.path().join("secrets");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+const SENDS: usize = 5;
+
+#[tokio::test]
+async fn the_metrics_count_a_known_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["a", "b", "c", "d"];
+    let hashes: Vec<String> = ids
+        .iter()
+        .map(|id| hash_line(id, &format!("s-{id}")))
+        .collect();
+    let file = secrets_file(&dir, &hashes);
+    let data = dir.path().join("data");
+    let mut broker = start(&[
+        "--secrets-file",
+        &file,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let admin = broker.admin;
+
+    let before = scrape(admin);
+    assert_eq!(value(&before, "herald_logins_total"), 0.0);
+    assert_eq!(value(&before, "herald_head_seq"), 0.0);
+
+    let port = broker.server.port;
+    let mut conns = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut c = Counted::connect(port).await;
+        c.send(&format!("LOGIN {id} s-{id}")).await;
+        assert_eq!(c.line().await, format!("WELCOME {id} 0"));
+        conns.push(c);
+    }
+    for i in 0..SENDS {
+        conns[0].send(&format!("SEND m{i}")).await;
+    }
+    for i in 0..SENDS {
+        assert_eq!(conns[0].line().await, format!("SENT {}", i + 1));
+    }
+    for c in &mut conns[1..] {
+        for i in 0..SENDS {
+            let line = c.line().await;
+            let (seq, from, text) = common::parse_msg(&line).unwrap();
+            assert_eq!(
+                (seq, from.as_str(), text),
+                (i as u64 + 1, "a", format!("m{i}"))
+            );
+        }
+    }
+    // d logs in with a backlog of every message and is replayed it.
+    let mut d = Counted::connect(port).await;
+    d.send("LOGIN d s-d").await;
+    assert_eq!(d.line().await, format!("WELCOME d {SENDS}"));
+    for _ in 0..SENDS {
+        assert!(d.line().await.starts_with("MSG "));
+    }
+    conns.push(d);
+
+    // Refusals: an id not on the list, and a wrong secret.
+    let mut unknown = Counted::connect(port).await;
+    unknown.send("LOGIN zz whatever").await;
+    assert!(unknown.line().await.starts_with("ERR UNKNOWN_CLIENT "));
+    assert_eq!(unknown.line().await, "BYE unknown-client");
+    unknown.until_eof().await;
+    let mut wrong = Counted::connect(port).await;
+    wrong.send("LOGIN b not-the-secret").await;
+    assert!(wrong.line().await.starts_with("ERR AUTH_FAILED "));
+    assert_eq!(wrong.line().await, "BYE auth-failed");
+    wrong.until_eof().await;
+
+    let sent: usize = conns.iter().map(|c| c.sent).sum::<usize>() + unknown.sent + wrong.sent;
+    let read: usize = conns.iter().map(|c| c.read).sum::<usize>() + unknown.read + wrong.read;
+    // Closing sessions and the last written bytes are counted as they
+    // finish: wait for the counts to settle where they must end up.
+    let m = poll("the connection counts to settle", DEADLINE, || {
+        let m = scrape(admin);
+        let settled = value(&m, "herald_connections_open{transport=\"tcp\"}") == 4.0
+            && value(&m, "herald_sent_bytes_total") == read as f64
+            && value(&m, "herald_sessions_replaying") == 0.0;
+        settled.then_some(m)
+    });
+    let expect = [
+        ("herald_connections_accepted_total{transport=\"tcp\"}", 6.0),
+        ("herald_connections_accepted_total{transport=\"tls\"}", 0.0),
+        ("herald_connections_open{transport=\"tls\"}", 0.0),
+        ("herald_logins_total", 4.0),
+        (
+            "herald_login_refusals_total{reason=\"unknown_client\"}",
+            1.0,
+        ),
+        ("herald_login_refusals_total{reason=\"auth_failed\"}", 1.0),
+        ("herald_login_refusals_total{reason=\"limit\"}", 0.0),
+        // With a secrets file an unknown id's secret is checked too.
+        ("herald_auth_failures_total", 2.0),
+        ("herald_messages_stored_total", SENDS as f64),
+        // b and c live, d replayed.
+        ("herald_deliveries_total", 3.0 * SENDS as f64),
+        ("herald_received_bytes_total", sent as f64),
+        ("herald_sent_bytes_total", read as f64),
+        ("herald_head_seq", SENDS as f64),
+        ("herald_sessions_paused", 0.0),
+        ("herald_commit_batch_messages_sum", SENDS as f64),
+    ];
+    for (series, want) in expect {
+        assert_eq!(value(&m, series), want, "{series}");
+    }
+    let commits = value(&m, "herald_commit_batch_messages_count");
+    assert!((1.0..=SENDS as f64).contains(&commits), "{commits} commits");
+    assert_eq!(value(&m, "herald_commit_duration_seconds_count"), commits);
+    assert_eq!(
+        value(&m, "herald_commit_duration_seconds_bucket{le=\"+Inf\"}"),
+        commits
+    );
+
+    let health = get(admin, "/healthz", None);
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let ready = get(admin, "/readyz", None);
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert_eq!(get(admin, "/nothing-here", None).status, 404);
+
+    // The admin listener stops with the server, which still says BYE.
+    broker.server.signal("TERM");
+    for c in &mut conns {
+        assert_eq!(c.line().await, "BYE shutdown");
+    }
+    assert_eq!(broker.server.wait_exit(), Some(0));
+}
+
+#[test]
+fn readyz_follows_a_postgresql_store_that_goes_away_and_comes_back() {
+    let mut pg = pg::PgServer::start();
+    let url = pg.new_database();
+    let broker = start(&["--client-ids", "1,2", "--database-url", &url]);
+    let admin = broker.admin;
+    let ready = get(admin, "/readyz", None);
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+
+    pg.kill9();
+    let down = poll("/readyz to say 503", DEADLINE, || {
+        let r = get(admin, "/readyz", None);
+        (r.status == 503).then_some(r)
+    });
+    assert!(down.body.starts_with("not ready: "), "{:?}", down.body);
+    assert!(down.body.ends_with('\n'));
+    assert_eq!(down.body.lines().count(), 1, "{:?}", down.body);
+    // Alive all the same.
+    assert_eq!(get(admin, "/healthz", None).status, 200);
+
+    pg.run();
+    let up = poll("/readyz to say 200 again", Duration::from_secs(30), || {
+        let r = get(admin, "/readyz", None);
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(up.body, "ready\n");
+}
+
+#[test]
+fn a_taken_admin_port_fails_the_start_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = common::failed_start(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--memory",
+            "--client-ids",
+            "1",
+            "--admin-bind",
+            &addr,
+        ],
+        &[],
+    );
+    common::assert_one_line_failure(&out, &addr);
+}
+
+#[test]
+fn without_admin_bind_there_is_no_admin_line() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--memory",
+            "--client-ids",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let first = stdout.recv_timeout(DEADLINE).unwrap();
+    assert!(first.starts_with("listening on "), "{first}");
+    common::signal_child(&child, "TERM");
+    assert_eq!(common::wait_child(&mut child, DEADLINE), Some(0));
+    // stdout ends with the process: no second line came.
+    let rest: Vec<String> = stdout.iter().collect();
+    assert!(rest.is_empty(), "{rest:?}");
+}
