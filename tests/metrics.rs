@@ -591,3 +591,91 @@ fn without_admin_bind_there_is_no_admin_line() {
     let rest: Vec<String> = stdout.iter().collect();
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// Messages of the backlog in the replay test, and their size: 30 MB,
+/// far more than loopback socket buffers and the delivery window hold, so
+/// the reader cannot have been pushed all of it before it reads.
+const BACKLOG: usize = 1500;
+const BACKLOG_TEXT: usize = 20_000;
+
+/// PINGs sent without reading the PONGs, and their token size: 40 MB of
+/// answers, more than the socket buffers hold, so replies pile up in the
+/// session until it pauses reading.
+const PINGS: usize = 5000;
+const PING_TOKEN: usize = 8000;
+
+/// Waits (every 50 ms, bounded) for the gauge `name` to read `want`,
+/// scraping off the runtime's thread so that the test's tasks go on.
+async fn wait_gauge(admin: SocketAddr, name: &'static str, want: f64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = tokio::task::spawn_blocking(move || value(&scrape(admin), name))
+            .await
+            .unwrap();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn paused_and_replaying_sessions_are_counted_while_they_last() {
+    let broker = start(&["--memory", "--client-ids", "w,r,p"]);
+    let admin = broker.admin;
+
+    // p sends PINGs and reads nothing until its session has paused (before
+    // there is a backlog that p would be sent too).
+    let (p, _) = broker.server.login("p").await;
+    let Conn {
+        mut reader,
+        mut writer,
+    } = p;
+    let writing = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let ping = format!("PING {}\n", "t".repeat(PING_TOKEN));
+        for _ in 0..PINGS {
+            writer.write_all(ping.as_bytes()).await.unwrap();
+        }
+        writer
+    });
+    wait_gauge(admin, "herald_sessions_paused", 1.0).await;
+    let mut line = String::new();
+    for _ in 0..PINGS {
+        use tokio::io::AsyncBufReadExt;
+        line.clear();
+        tokio::time::timeout(DEADLINE, reader.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            line.starts_with("PONG t"),
+            "{:?}",
+            &line[..line.len().min(40)]
+        );
+    }
+    let writer = tokio::time::timeout(DEADLINE, writing)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_gauge(admin, "herald_sessions_paused", 0.0).await;
+    drop((reader, writer));
+
+    // A backlog for r, stored in rounds of 100 pipelined SENDs.
+    let (mut w, _) = broker.server.login("w").await;
+    let text = "x".repeat(BACKLOG_TEXT);
+    for round in 0..BACKLOG / 100 {
+        for _ in 0..100 {
+            w.send(&format!("SEND {text}")).await;
+        }
+        for i in 0..100 {
+            assert_eq!(w.line().await, format!("SENT {}", round * 100 + i + 1));
+        }
+    }
+    let (mut r, pending) = broker.server.login("r").await;
+    assert_eq!(pending, BACKLOG as u64);
+    wait_gauge(admin, "herald_sessions_replaying", 1.0).await;
+    assert_eq!(r.msgs(BACKLOG).await.len(), BACKLOG);
+    wait_gauge(admin, "herald_sessions_replaying", 0.0).await;
+}
