@@ -117,3 +117,128 @@ pub fn start(
     .run();
     Ok(server)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Message;
+    use crate::store::{
+        Appended, MemoryStore, MidPolicy, NewMessage, Recovered, Store, StoreError,
+    };
+    use crate::types::{ClientId, Seq};
+    use actix::SyncArbiter;
+
+    /// A memory store whose probe takes `probe_time` and then says `fails`.
+    struct Probed {
+        inner: MemoryStore,
+        probe_time: Duration,
+        fails: bool,
+    }
+
+    impl Store for Probed {
+        fn recover(&mut self) -> Result<Recovered, StoreError> {
+            self.inner.recover()
+        }
+        fn append(&mut self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+            self.inner.append(batch)
+        }
+        fn forget_mids(&mut self, c: &[(ClientId, Seq)], p: &MidPolicy) -> Result<(), StoreError> {
+            self.inner.forget_mids(c, p)
+        }
+        fn read_after(
+            &mut self,
+            after: Seq,
+            upto: Seq,
+            max: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<Message>, StoreError> {
+            self.inner.read_after(after, upto, max, max_bytes)
+        }
+        fn first_not_from(
+            &mut self,
+            after: Seq,
+            upto: Seq,
+            sender: &ClientId,
+        ) -> Result<Option<Seq>, StoreError> {
+            self.inner.first_not_from(after, upto, sender)
+        }
+        fn count_from_others(
+            &mut self,
+            after: Seq,
+            upto: Seq,
+            reader: &ClientId,
+        ) -> Result<u64, StoreError> {
+            self.inner.count_from_others(after, upto, reader)
+        }
+        fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError> {
+            self.inner.save_acks(acks)
+        }
+        fn prune(&mut self, upto: Seq) -> Result<u64, StoreError> {
+            self.inner.prune(upto)
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn probe(&mut self) -> Result<(), StoreError> {
+            std::thread::sleep(self.probe_time);
+            match self.fails {
+                true => Err(StoreError::Unavailable("the database\nis away".into())),
+                false => Ok(()),
+            }
+        }
+    }
+
+    fn state(store: Box<dyn Store>, accepting: bool) -> AdminState {
+        let slot = std::sync::Mutex::new(Some(store));
+        let store = SyncArbiter::start(1, move || {
+            StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
+        });
+        AdminState {
+            metrics: Arc::new(Metrics::new()),
+            store,
+            accepting: Arc::new(AtomicBool::new(accepting)),
+        }
+    }
+
+    fn probed(probe_time: Duration, fails: bool) -> Box<dyn Store> {
+        Box::new(Probed {
+            inner: MemoryStore::new(),
+            probe_time,
+            fails,
+        })
+    }
+
+    #[actix_rt::test]
+    async fn a_memory_store_that_accepts_is_ready() {
+        let s = state(Box::new(MemoryStore::new()), true);
+        assert_eq!(not_ready(&s).await, None);
+    }
+
+    #[actix_rt::test]
+    async fn not_accepting_is_not_ready() {
+        let s = state(Box::new(MemoryStore::new()), false);
+        assert_eq!(
+            not_ready(&s).await.as_deref(),
+            Some("not accepting connections")
+        );
+        s.accepting.store(true, Ordering::Release);
+        assert_eq!(not_ready(&s).await, None);
+    }
+
+    #[actix_rt::test]
+    async fn a_failing_probe_says_why() {
+        let s = state(probed(Duration::ZERO, true), true);
+        let why = not_ready(&s).await.unwrap();
+        assert!(
+            why.starts_with("the store cannot commit: store unavailable"),
+            "{why}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_stuck_store_is_not_ready_rather_than_a_hung_probe() {
+        let s = state(probed(PROBE_TIMEOUT + Duration::from_secs(1), false), true);
+        let why = not_ready(&s).await.unwrap();
+        assert!(why.contains("did not answer within 2 s"), "{why}");
+    }
+}

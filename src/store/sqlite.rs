@@ -552,6 +552,30 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_writes_and_fails_while_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        s.probe().unwrap();
+        let probed = |s: &SqliteStore| -> String {
+            s.conn
+                .query_row("SELECT value FROM meta WHERE key = 'probed_ms'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        let first = probed(&s);
+        assert!(first.parse::<u64>().unwrap() > 0);
+        // Another writer holds the database: the probe fails (after
+        // SQLite's busy wait) as a commit would.
+        let other = Connection::open(dir.path().join("herald.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(s.probe().is_err());
+        other.execute_batch("ROLLBACK").unwrap();
+        s.probe().unwrap();
+        assert!(probed(&s).parse::<u64>().unwrap() >= first.parse::<u64>().unwrap());
+    }
+
+    #[test]
     fn pruning_keeps_the_numbering() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
