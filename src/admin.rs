@@ -22,6 +22,10 @@ use crate::store::{Probe, StoreActor};
 /// probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Connections the admin listener serves at once (more wait in the
+/// kernel's queue).
+const MAX_CONNECTIONS: usize = 64;
+
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
@@ -108,9 +112,11 @@ pub fn start(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
     })
-    // A scrape now and then: one thread is plenty. Signals are the
-    // broker's to handle; it stops this server after its sessions.
+    // A scrape now and then: one thread and a few connections are plenty.
+    // Signals are the broker's to handle; it stops this server after its
+    // sessions.
     .workers(1)
+    .max_connections(MAX_CONNECTIONS)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?
