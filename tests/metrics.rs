@@ -679,3 +679,37 @@ async fn paused_and_replaying_sessions_are_counted_while_they_last() {
     assert_eq!(r.msgs(BACKLOG).await.len(), BACKLOG);
     wait_gauge(admin, "herald_sessions_replaying", 0.0).await;
 }
+
+#[test]
+fn a_tls_connection_is_counted_under_its_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::make_certs_for(dir.path(), "m", &["localhost", "127.0.0.1"]);
+    let broker = start(&[
+        "--memory",
+        "--client-ids",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let mut client = common::client_command(broker.server.port, "1", &["--tls", "--ca-file", &ca])
+        .spawn()
+        .unwrap();
+    let err = lines_of(client.stderr.take().unwrap());
+    common::wait_for(&err, DEADLINE, |l| l.starts_with("logged in as 1"));
+    let m = scrape(broker.admin);
+    assert_eq!(value(&m, "herald_connections_open{transport=\"tls\"}"), 1.0);
+    assert_eq!(
+        value(&m, "herald_connections_accepted_total{transport=\"tls\"}"),
+        1.0
+    );
+    assert_eq!(value(&m, "herald_connections_open{transport=\"tcp\"}"), 0.0);
+    assert_eq!(value(&m, "herald_logins_total"), 1.0);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    poll("the TLS connection to be counted closed", DEADLINE, || {
+        let m = scrape(broker.admin);
+        (value(&m, "herald_connections_open{transport=\"tls\"}") == 0.0).then_some(())
+    });
+}
