@@ -29,7 +29,6 @@ use super::messages::{
     Ack, Credit, Disconnect, InputEnded, Login, Publish, SaveAck, SessionId, ToSession,
 };
 use super::registry::Registry;
-use crate::metrics::Metrics;
 use crate::net::transport::{Connection, Reader, TransportKind, Writer, SMALL_READ};
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
 use crate::types::{ClientId, Seq};
@@ -63,7 +62,7 @@ pub struct SessionConfig {
     /// with `BYE idle`.
     pub idle_timeout: Option<Duration>,
     /// The server's metrics, updated by every session.
-    pub metrics: std::sync::Arc<Metrics>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Default for SessionConfig {
@@ -76,7 +75,7 @@ impl Default for SessionConfig {
             close_grace: Duration::from_secs(5),
             login_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(300)),
-            metrics: std::sync::Arc::new(Metrics::new()),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         }
     }
 }
@@ -342,7 +341,6 @@ impl Session {
                     act.start_read(ctx);
                 }
                 Ok(n) => {
-                    act.config.metrics.received_bytes.inc_by(n as u64);
                     act.last_input = std::time::Instant::now();
                     // Grow the next read while reads fill the buffer; start
                     // small again once the client pauses.
@@ -351,6 +349,7 @@ impl Session {
                     } else {
                         MIN_READ
                     };
+                    act.config.metrics.received_bytes.inc_by(n as u64);
                     act.decode_frames(ctx);
                     act.start_read(ctx);
                 }
@@ -637,7 +636,6 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         log::info!("connection from {}", self.peer());
-        self.config.metrics.connection_opened(self.kind);
         if let Some(t) = self.config.login_timeout {
             ctx.run_later(t, |act, ctx| act.login_deadline(ctx));
         }
@@ -645,6 +643,7 @@ impl Actor for Session {
             let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
             ctx.run_interval(every, move |act, ctx| act.idle_check(idle, ctx));
         }
+        self.config.metrics.connection_opened(self.kind);
         self.start_read(ctx);
     }
 
