@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub secrets: Option<crate::auth::Secrets>,
     /// When given, connections speak TLS.
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// When given, the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_bind: Option<SocketAddr>,
 }
 
 /// How long a TLS handshake may take when there is no login timeout.
@@ -207,16 +209,19 @@ fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
 }
 
 /// Starts the store actor, the secret verifier (with secrets) and the
-/// registry on an arbiter of its own; returns that arbiter and the registry.
+/// registry on an arbiter of its own; returns that arbiter, the registry
+/// and the store actor.
 fn start_registry(
     config: &ServerConfig,
     recovered: crate::store::Recovered,
     store: Box<dyn Store>,
-) -> (Arbiter, Addr<Registry>) {
+) -> (Arbiter, Addr<Registry>, Addr<StoreActor>) {
     let slot = std::sync::Mutex::new(Some(store));
+    let metrics = config.registry.metrics.clone();
     let store = SyncArbiter::start(1, move || {
-        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
+        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take())).with_metrics(metrics.clone())
     });
+    let store_actor = store.clone();
     let registry_arbiter = Arbiter::new();
     let registry_config = config.registry.clone();
     let ids = config.client_ids.clone();
@@ -232,7 +237,19 @@ fn start_registry(
             _ => registry,
         }
     });
-    (registry_arbiter, registry)
+    (registry_arbiter, registry, store_actor)
+}
+
+/// Binds the admin listener, when there is one, as a listener the admin
+/// server takes over.
+fn listen_admin(config: &ServerConfig) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = config.admin_bind else {
+        return Ok(None);
+    };
+    let listener = listen(addr)
+        .and_then(|l| l.into_std())
+        .with_context(|| format!("cannot listen for admin requests on {addr}"))?;
+    Ok(Some(listener))
 }
 
 /// With a PostgreSQL store, starts the thread that turns the other nodes'
@@ -288,12 +305,16 @@ async fn serve(
 /// Everything that can make a start fail (the port, the store, the
 /// open-file limit) is tried before that line; logs held back by
 /// [`crate::logging::init_held_logging`] are written only after it.
-pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.bind, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
     let local = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    let admin_listener = listen_admin(&config)?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    config.registry.metrics = metrics.clone();
+    config.session.metrics = metrics.clone();
     // On a thread of its own: a database client blocks, and must never
     // block (or nest a runtime in) this event loop.
     let opened = std::thread::scope(|scope| {
@@ -315,7 +336,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         recovered.acks.len()
     );
 
-    let (registry_arbiter, registry) = start_registry(&config, recovered, store);
+    let (registry_arbiter, registry, store_actor) = start_registry(&config, recovered, store);
     let wakeups = start_listener(&config, &registry)?;
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -324,11 +345,30 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let workers: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     // Counted once every thread and the store have their descriptors.
     let max_connections = connection_budget(config.max_connections)?;
+    let accepting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr().context("cannot read the admin address")?;
+            let state = crate::admin::AdminState {
+                metrics,
+                store: store_actor,
+                accepting: accepting.clone(),
+            };
+            let server =
+                crate::admin::start(l, state).context("cannot start the admin listener")?;
+            Some((addr, server))
+        }
+        None => None,
+    };
 
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {local}").context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
+        if let Some((addr, _)) = &admin {
+            writeln!(out, "admin on {addr}").context("cannot write to stdout")?;
+            out.flush().context("cannot write to stdout")?;
+        }
     }
     crate::logging::release_logs();
     log::info!(
@@ -336,6 +376,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.client_ids.len()
     );
     exposure_notes(&config);
+    let admin_handle = admin.map(|(addr, server)| {
+        log::info!("admin on {addr}: /metrics, /healthz, /readyz (internal: never expose it)");
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        handle
+    });
 
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut refusals = RefusalLog::default();
@@ -343,6 +389,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let session_config = config.session.clone();
     let accept_registry = registry.clone();
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    accepting.store(true, std::sync::atomic::Ordering::Release);
     accept_loop(
         listener,
         |stream| {
@@ -369,9 +416,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     )
     .await;
 
+    accepting.store(false, std::sync::atomic::Ordering::Release);
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {
         log::error!("registry unreachable at shutdown: {e}");
+    }
+    if let Some(handle) = admin_handle {
+        handle.stop(true).await;
     }
     if let Some(wakeups) = wakeups {
         // Joining waits up to one poll of its thread: off the event loop.

@@ -116,6 +116,12 @@ struct Args {
     /// Longest accepted frame in bytes, newline excluded.
     #[arg(long, default_value_t = herald::net::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     max_frame_bytes: u64,
+
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` over HTTP on
+    /// this address (IP:PORT, port 0 lets the OS pick). Internal: no
+    /// authentication, keep it on a private address (see docs/metrics.md).
+    #[arg(long, value_name = "IP:PORT")]
+    admin_bind: Option<std::net::SocketAddr>,
 }
 
 /// Seconds from the command line; 0 means no limit.
@@ -382,6 +388,7 @@ fn main() -> ExitCode {
         },
         max_connections: args.max_connections,
         session_threads: 0,
+        admin_bind: args.admin_bind,
     };
     match actix_rt::System::new().block_on(herald::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

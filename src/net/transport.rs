@@ -13,6 +13,31 @@ use tokio_rustls::server::TlsStream;
 /// Bytes read in one go through the stack before a buffer is involved.
 pub const SMALL_READ: usize = 4 * 1024;
 
+/// Which transport carries a connection (for logs and metrics labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+    /// WebSocket over plain HTTP.
+    Ws,
+    /// WebSocket over HTTPS.
+    Wss,
+}
+
+impl TransportKind {
+    /// The lower-case name: "tcp", "tls", "ws" or "wss".
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
+        }
+    }
+}
+
 /// The reading side of a connection.
 pub enum Reader {
     /// Plain TCP.
@@ -62,6 +87,8 @@ pub struct Connection {
     pub writer: Writer,
     /// The peer, for logs and per-address limits.
     pub peer: Option<SocketAddr>,
+    /// The transport, for logs and metrics.
+    pub kind: TransportKind,
 }
 
 impl Connection {
@@ -78,6 +105,7 @@ impl Connection {
             }),
             writer: Box::new(writer),
             peer,
+            kind: TransportKind::Tcp,
         }
     }
 
@@ -90,6 +118,7 @@ impl Connection {
             reader: Reader::Tls(reader),
             writer: Box::new(writer),
             peer,
+            kind: TransportKind::Tls,
         }
     }
 }

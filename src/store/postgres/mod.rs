@@ -509,6 +509,15 @@ impl Store for PostgresStore {
         })
     }
 
+    /// One round trip on the store's connection (reconnecting first when
+    /// it was lost and the backoff allows).
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.client().simple_query("SELECT 1")?;
+            Ok(())
+        })
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         // Every commit is as durable as the server's synchronous_commit
         // makes it; there is nothing buffered here.
