@@ -1,0 +1,168 @@
+//! `server inspect` on a data directory: the store read in one read-only
+//! snapshot, beside a server that may be running on it.
+//!
+//! The database is opened read-only and never created. A WAL-mode reader
+//! takes no lock a writer waits for, so the running server's commits go on
+//! while the snapshot is read; it does not take `herald.lock` either. When
+//! there is no `-wal` file no server has the store open (SQLite keeps that
+//! file while any connection is open), and the database is opened as
+//! `immutable`, so that reading a stopped store leaves no `-wal` or `-shm`
+//! file behind.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{SqliteStore, SCHEMA_VERSION};
+use crate::store::inspect::{unsigned, Report, Tallies};
+use crate::store::StoreError;
+use crate::types::Seq;
+
+/// The files of a store whose sizes are reported.
+const FILES: [&str; 3] = ["herald.db", "herald.db-wal", "herald.db-shm"];
+
+/// How long a read waits for a lock SQLite holds only for moments (while a
+/// writer's WAL is recovered after a crash, for instance).
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl SqliteStore {
+    /// Reads what the store in `dir` holds, without writing to it.
+    ///
+    /// Fails with one line when `dir` is missing, is not a directory, holds
+    /// no `herald.db`, or holds a database that is not a Herald store this
+    /// version reads.
+    pub fn inspect(dir: &Path) -> Result<Report, StoreError> {
+        let shown = dir.display();
+        if !dir.is_dir() {
+            let why = if dir.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            return Err(StoreError::Unusable(format!(
+                "data directory {shown} {why}"
+            )));
+        }
+        let path = dir.join(FILES[0]);
+        if !path.is_file() {
+            return Err(StoreError::Unusable(format!(
+                "{shown} is not a Herald data directory (it holds no {})",
+                FILES[0]
+            )));
+        }
+        let immutable = !dir.join(FILES[1]).exists();
+        let conn = open_read_only(&path, immutable)?;
+        conn.busy_timeout(BUSY_WAIT)?;
+        let refuse = |why: String| {
+            StoreError::Incompatible(format!("{} {why}; refusing to read it", path.display()))
+        };
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| refuse(format!("cannot be read as a database ({e})")))?;
+        if version > SCHEMA_VERSION {
+            return Err(refuse(format!(
+                "has schema version {version}, written by a newer Herald (this one reads up to {SCHEMA_VERSION})"
+            )));
+        }
+        if version < 1 {
+            return Err(refuse("is not a Herald database".into()));
+        }
+        // One read transaction: every figure comes from the same snapshot.
+        conn.execute_batch("BEGIN")?;
+        let report = read(&conn, version, dir)?;
+        conn.execute_batch("COMMIT")?;
+        Ok(report)
+    }
+}
+
+/// Opens `path` read-only through a `file:` URI (never creating it).
+fn open_read_only(path: &Path, immutable: bool) -> Result<Connection, StoreError> {
+    let mut uri = format!("file:{}?mode=ro", uri_escape(&path.to_string_lossy()));
+    if immutable {
+        uri.push_str("&immutable=1");
+    }
+    Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Engine(format!("cannot open {} read-only: {e}", path.display())))
+}
+
+/// `s` with every byte but unreserved ones and `/` percent-encoded, as a
+/// URI path.
+fn uri_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads the figures inside the open read transaction.
+fn read(conn: &Connection, version: i64, dir: &Path) -> Result<Report, StoreError> {
+    let (max, messages, min): (Option<i64>, i64, Option<i64>) = conn.query_row(
+        "SELECT max(seq), count(*), min(seq) FROM messages",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let pruned: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'pruned_upto'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let pruned_upto = Seq(pruned.and_then(|v| v.parse().ok()).unwrap_or(0));
+    let mut tallies = Tallies::default();
+    let pairs = |sql: &str| -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    for (id, n) in pairs("SELECT client_id, last_ack FROM acks")? {
+        tallies.acks.insert(id, unsigned(n));
+    }
+    for (id, n) in pairs("SELECT sender, count(*) FROM messages GROUP BY sender")? {
+        tallies.sent.insert(id, unsigned(n));
+    }
+    // Version 1 had no message ids.
+    if version >= 2 {
+        for (id, n) in pairs("SELECT client_id, count(*) FROM mids GROUP BY client_id")? {
+            tallies.mids.insert(id, unsigned(n));
+        }
+    }
+    let mids = tallies.mids.values().sum();
+    let mut count =
+        conn.prepare("SELECT count(*) FROM messages WHERE seq > ?1 AND sender != ?2")?;
+    let ids = tallies.rows(&[], |id, after| {
+        count
+            .query_row(params![after.0 as i64, id], |r| r.get::<_, i64>(0))
+            .map(unsigned)
+    })?;
+    let size = FILES
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+            ((*f).to_owned(), bytes)
+        })
+        .collect();
+    Ok(Report {
+        kind: "sqlite",
+        location: dir.display().to_string(),
+        schema_version: version,
+        head: Seq(unsigned(max.unwrap_or(0))).max(pruned_upto),
+        messages: unsigned(messages),
+        oldest: min.map(|s| Seq(unsigned(s))),
+        pruned_upto,
+        mids,
+        size,
+        ids,
+        sessions: Vec::new(),
+    })
+}
