@@ -290,6 +290,9 @@ async fn json_matches_the_text_and_a_stopped_store_is_left_as_it_was() {
 
     let before = files(dir.path());
     let json = dir_report(dir.path());
+    // The seed's spelling means the same.
+    let seed = inspect_with(&["-data_dir", dir.path().to_str().unwrap(), "-json"], &[]);
+    assert_eq!(serde_json::from_slice::<Value>(&seed.stdout).unwrap(), json);
     let out = inspect_with(&["--data-dir", dir.path().to_str().unwrap()], &[]);
     assert!(out.status.success());
     assert_eq!(files(dir.path()), before, "inspect left files behind");
