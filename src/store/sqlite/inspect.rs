@@ -77,7 +77,11 @@ impl SqliteStore {
 
 /// Opens `path` read-only through a `file:` URI (never creating it).
 fn open_read_only(path: &Path, immutable: bool) -> Result<Connection, StoreError> {
-    let mut uri = format!("file:{}?mode=ro", uri_escape(&path.to_string_lossy()));
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().into_owned().into_bytes();
+    let mut uri = format!("file:{}?mode=ro", uri_escape(&bytes));
     if immutable {
         uri.push_str("&immutable=1");
     }
@@ -90,13 +94,13 @@ fn open_read_only(path: &Path, immutable: bool) -> Result<Connection, StoreError
     .map_err(|e| StoreError::Engine(format!("cannot open {} read-only: {e}", path.display())))
 }
 
-/// `s` with every byte but unreserved ones and `/` percent-encoded, as a
-/// URI path.
-fn uri_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
+/// A path's bytes with every one but unreserved ones and `/`
+/// percent-encoded, as a URI path.
+fn uri_escape(path: &[u8]) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &b in path {
         if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
-            out.push(b as char);
+            out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
@@ -165,4 +169,96 @@ fn read(conn: &Connection, version: i64, dir: &Path) -> Result<Report, StoreErro
         ids,
         sessions: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Message;
+    use crate::store::{MidRecord, Store, SyncPolicy};
+    use crate::types::ClientId;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap()
+    }
+
+    fn msg(seq: u64, from: &str) -> Message {
+        Message::new(Seq(seq), seq, id(from), b"t")
+    }
+
+    #[test]
+    fn an_empty_store_reports_nothing_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), SyncPolicy::None).unwrap());
+        let r = SqliteStore::inspect(dir.path()).unwrap();
+        assert_eq!((r.head, r.messages, r.oldest, r.mids), (Seq(0), 0, None, 0));
+        assert!(r.ids.is_empty() && r.sessions.is_empty());
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_store_open_in_this_process_is_read_and_pruning_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        let mid = MidRecord {
+            client: id("a"),
+            mid: "m".into(),
+            seq: Seq(4),
+            unix_ms: 4,
+        };
+        s.write(
+            &[msg(1, "a"), msg(2, "b"), msg(3, "b"), msg(4, "a")],
+            &[mid],
+        )
+        .unwrap();
+        s.save_acks(&[(id("a"), Seq(2))]).unwrap();
+        s.prune(Seq(2)).unwrap();
+        // The writer still has it open: the read goes through its WAL.
+        let r = SqliteStore::inspect(dir.path()).unwrap();
+        assert_eq!((r.head, r.messages, r.oldest), (Seq(4), 2, Some(Seq(3))));
+        assert_eq!((r.pruned_upto, r.mids), (Seq(2), 1));
+        let rows: Vec<_> = r
+            .ids
+            .iter()
+            .map(|i| (i.id.as_str(), i.last_ack, i.backlog, i.sent, i.mids))
+            .collect();
+        assert_eq!(rows, [("a", Some(Seq(2)), 1, 1, 1), ("b", None, 1, 1, 0)]);
+        // Everything pruned: the head stays.
+        s.prune(Seq(4)).unwrap();
+        let r = SqliteStore::inspect(dir.path()).unwrap();
+        assert_eq!((r.head, r.messages, r.oldest), (Seq(4), 0, None));
+    }
+
+    #[test]
+    fn a_version_1_store_is_read_without_upgrading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join("herald.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE messages (seq INTEGER PRIMARY KEY, unix_ms INTEGER NOT NULL,
+                     sender TEXT NOT NULL, text TEXT NOT NULL);
+                 CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
+                 INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
+                 INSERT INTO messages VALUES (1, 5, 'a', 'kept');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        let r = SqliteStore::inspect(dir.path()).unwrap();
+        assert_eq!((r.schema_version, r.head, r.mids), (1, Seq(1), 0));
+        let v: i64 = Connection::open(dir.path().join("herald.db"))
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1);
+    }
+
+    #[test]
+    fn odd_characters_in_the_path_are_escaped_in_the_uri() {
+        assert_eq!(uri_escape(b"/a b/c?d#e%f\xff"), "/a%20b/c%3Fd%23e%25f%FF");
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a b?#%");
+        drop(SqliteStore::open(&odd, SyncPolicy::None).unwrap());
+        assert_eq!(SqliteStore::inspect(&odd).unwrap().head, Seq(0));
+    }
 }
