@@ -3,11 +3,10 @@
 //!
 //! The database is opened read-only and never created. A WAL-mode reader
 //! takes no lock a writer waits for, so the running server's commits go on
-//! while the snapshot is read; it does not take `herald.lock` either. When
-//! there is no `-wal` file no server has the store open (SQLite keeps that
-//! file while any connection is open), and the database is opened as
-//! `immutable`, so that reading a stopped store leaves no `-wal` or `-shm`
-//! file behind.
+//! while the snapshot is read. When no server holds `herald.lock` and the
+//! `-wal` file is absent or empty, everything is in `herald.db` itself: it
+//! is then opened `immutable`, so that reading a stopped store leaves no
+//! `-wal` or `-shm` file behind.
 
 use std::path::Path;
 
@@ -50,7 +49,8 @@ impl SqliteStore {
                 FILES[0]
             )));
         }
-        let immutable = !dir.join(FILES[1]).exists();
+        let wal = std::fs::metadata(dir.join(FILES[1])).map_or(0, |m| m.len());
+        let immutable = wal == 0 && !server_running(dir);
         let conn = open_read_only(&path, immutable)?;
         conn.busy_timeout(BUSY_WAIT)?;
         let refuse = |why: String| {
@@ -72,6 +72,21 @@ impl SqliteStore {
         let report = read(&conn, version, dir)?;
         conn.execute_batch("COMMIT")?;
         Ok(report)
+    }
+}
+
+/// Whether a server holds the store's `herald.lock`: probed with a shared
+/// lock, let go at once (a server starting at that moment retries).
+fn server_running(dir: &Path) -> bool {
+    let Ok(lock) = std::fs::File::open(dir.join("herald.lock")) else {
+        return false;
+    };
+    match lock.try_lock_shared() {
+        Ok(()) => {
+            let _ = lock.unlock();
+            false
+        }
+        Err(_) => true,
     }
 }
 
@@ -227,6 +242,21 @@ mod tests {
         s.prune(Seq(4)).unwrap();
         let r = SqliteStore::inspect(dir.path()).unwrap();
         assert_eq!((r.head, r.messages, r.oldest), (Seq(4), 0, None));
+    }
+
+    #[test]
+    fn a_stopped_store_with_an_empty_wal_left_over_gets_no_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        s.write(&[msg(1, "a")], &[]).unwrap();
+        assert!(server_running(dir.path()));
+        drop(s);
+        assert!(!server_running(dir.path()));
+        // A stop cut short after the checkpoint: an empty WAL, no -shm.
+        std::fs::write(dir.path().join("herald.db-wal"), b"").unwrap();
+        let _ = std::fs::remove_file(dir.path().join("herald.db-shm"));
+        assert_eq!(SqliteStore::inspect(dir.path()).unwrap().head, Seq(1));
+        assert!(!dir.path().join("herald.db-shm").exists());
     }
 
     #[test]
