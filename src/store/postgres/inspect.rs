@@ -8,7 +8,7 @@
 
 use postgres::{Client, NoTls, Transaction};
 
-use super::{conn, PostgresStore, SCHEMA_VERSION};
+use super::{conn, Failed, PostgresStore, SCHEMA_VERSION};
 use crate::store::inspect::{unsigned, Report, SessionRow, Tallies};
 use crate::store::StoreError;
 use crate::types::Seq;
@@ -41,18 +41,6 @@ impl PostgresStore {
             Failed::Db(e) => StoreError::Engine(conn::one_line(&e)),
             Failed::Store(e) => e,
         })
-    }
-}
-
-/// Why reading failed: the database, or what it holds.
-enum Failed {
-    Db(postgres::Error),
-    Store(StoreError),
-}
-
-impl From<postgres::Error> for Failed {
-    fn from(e: postgres::Error) -> Self {
-        Failed::Db(e)
     }
 }
 

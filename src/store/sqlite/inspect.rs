@@ -262,18 +262,13 @@ mod tests {
     #[test]
     fn a_version_1_store_is_read_without_upgrading_it() {
         let dir = tempfile::tempdir().unwrap();
-        Connection::open(dir.path().join("herald.db"))
-            .unwrap()
-            .execute_batch(
-                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                 CREATE TABLE messages (seq INTEGER PRIMARY KEY, unix_ms INTEGER NOT NULL,
-                     sender TEXT NOT NULL, text TEXT NOT NULL);
-                 CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
-                 INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
-                 INSERT INTO messages VALUES (1, 5, 'a', 'kept');
-                 PRAGMA user_version = 1;",
-            )
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        s.write(&[msg(1, "a")], &[]).unwrap();
+        // Version 1 is version 2 without the mids.
+        s.conn
+            .execute_batch("DROP TABLE mids; PRAGMA user_version = 1;")
             .unwrap();
+        drop(s);
         let r = SqliteStore::inspect(dir.path()).unwrap();
         assert_eq!((r.schema_version, r.head, r.mids), (1, Seq(1), 0));
         let v: i64 = Connection::open(dir.path().join("herald.db"))
