@@ -80,7 +80,26 @@ pub(crate) struct Tallies {
     pub mids: BTreeMap<String, u64>,
 }
 
+/// `(client id, number)` rows as a store's query returns them.
+pub(crate) type Pairs = Vec<(String, i64)>;
+
 impl Tallies {
+    /// The tallies from the rows of the acks, of the stored messages per
+    /// sender and of the remembered mids per id.
+    pub(crate) fn new(acks: Pairs, sent: Pairs, mids: Pairs) -> Tallies {
+        let map = |rows: Pairs| rows.into_iter().map(|(id, n)| (id, unsigned(n))).collect();
+        Tallies {
+            acks: map(acks),
+            sent: map(sent),
+            mids: map(mids),
+        }
+    }
+
+    /// The remembered mids of every id together.
+    pub(crate) fn mids_total(&self) -> u64 {
+        self.mids.values().sum()
+    }
+
     /// One row per id that has an ack, a stored message, a remembered mid
     /// or a session, sorted; `backlog(id, last_ack)` counts each backlog.
     pub(crate) fn rows<E>(

@@ -9,7 +9,7 @@
 use postgres::{Client, NoTls, Transaction};
 
 use super::{conn, Failed, PostgresStore, SCHEMA_VERSION};
-use crate::store::inspect::{unsigned, Report, SessionRow, Tallies};
+use crate::store::inspect::{id_order, unsigned, Pairs, Report, SessionRow, Tallies};
 use crate::store::StoreError;
 use crate::types::Seq;
 
@@ -100,39 +100,19 @@ fn read(client: &mut Client, location: String) -> Result<Report, Failed> {
         .query_opt("SELECT value FROM meta WHERE key = 'pruned_upto'", &[])?
         .map(|r| r.try_get(0))
         .transpose()?;
-    let mut tallies = Tallies::default();
-    let mut pairs = |sql: &str| -> Result<Vec<(String, i64)>, Failed> {
-        let rows = tx.query(sql, &[])?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?)
-    };
-    for (id, n) in pairs("SELECT client_id, last_ack FROM acks")? {
-        tallies.acks.insert(id, unsigned(n));
-    }
-    for (id, n) in pairs("SELECT sender, count(*) FROM messages GROUP BY sender")? {
-        tallies.sent.insert(id, unsigned(n));
-    }
-    for (id, n) in pairs("SELECT client_id, count(*) FROM mids GROUP BY client_id")? {
-        tallies.mids.insert(id, unsigned(n));
-    }
-    let mids = tallies.mids.values().sum();
-    // Version 1 had no sessions table.
-    let mut sessions = Vec::new();
-    if version >= 2 {
-        for r in tx.query(
-            "SELECT client_id, epoch, node FROM sessions ORDER BY client_id",
-            &[],
-        )? {
-            sessions.push(SessionRow {
-                id: r.try_get(0)?,
-                epoch: unsigned(r.try_get(1)?),
-                node: r.try_get(2)?,
-            });
-        }
-        sessions.sort_by(|a, b| crate::store::inspect::id_order(&a.id, &b.id));
-    }
+    let tallies = Tallies::new(
+        pairs(&mut tx, "SELECT client_id, last_ack FROM acks")?,
+        pairs(
+            &mut tx,
+            "SELECT sender, count(*) FROM messages GROUP BY sender",
+        )?,
+        pairs(
+            &mut tx,
+            "SELECT client_id, count(*) FROM mids GROUP BY client_id",
+        )?,
+    );
+    let mids = tallies.mids_total();
+    let sessions = sessions(&mut tx, version)?;
     let count = tx.prepare("SELECT count(*) FROM messages WHERE seq > $1 AND sender <> $2")?;
     let ids = tallies.rows(&sessions, |id, after| -> Result<u64, Failed> {
         let n: i64 = tx
@@ -140,11 +120,7 @@ fn read(client: &mut Client, location: String) -> Result<Report, Failed> {
             .try_get(0)?;
         Ok(unsigned(n))
     })?;
-    let names: Vec<&str> = TABLES.to_vec();
-    let mut size = Vec::with_capacity(TABLES.len());
-    for r in tx.query(SIZES, &[&names])? {
-        size.push((r.try_get::<_, String>(0)?, unsigned(r.try_get(1)?)));
-    }
+    let size = sizes(&mut tx)?;
     tx.commit()?;
     Ok(Report {
         kind: "postgresql",
@@ -159,4 +135,40 @@ fn read(client: &mut Client, location: String) -> Result<Report, Failed> {
         ids,
         sessions,
     })
+}
+
+/// The `(text, bigint)` rows of `sql`.
+fn pairs(tx: &mut Transaction<'_>, sql: &str) -> Result<Pairs, Failed> {
+    let rows = tx.query(sql, &[])?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, postgres::Error>>()?)
+}
+
+/// The `sessions` rows, sorted by id (version 1 had no such table).
+fn sessions(tx: &mut Transaction<'_>, version: i64) -> Result<Vec<SessionRow>, Failed> {
+    if version < 2 {
+        return Ok(Vec::new());
+    }
+    let mut sessions = Vec::new();
+    for r in tx.query("SELECT client_id, epoch, node FROM sessions", &[])? {
+        sessions.push(SessionRow {
+            id: r.try_get(0)?,
+            epoch: unsigned(r.try_get(1)?),
+            node: r.try_get(2)?,
+        });
+    }
+    sessions.sort_by(|a, b| id_order(&a.id, &b.id));
+    Ok(sessions)
+}
+
+/// The size of each of Herald's tables.
+fn sizes(tx: &mut Transaction<'_>) -> Result<Vec<(String, u64)>, Failed> {
+    let names: Vec<&str> = TABLES.to_vec();
+    let mut size = Vec::with_capacity(TABLES.len());
+    for r in tx.query(SIZES, &[&names])? {
+        size.push((r.try_get::<_, String>(0)?, unsigned(r.try_get(1)?)));
+    }
+    Ok(size)
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{SqliteStore, SCHEMA_VERSION};
-use crate::store::inspect::{unsigned, Report, Tallies};
+use crate::store::inspect::{unsigned, Pairs, Report, Tallies};
 use crate::store::StoreError;
 use crate::types::Seq;
 
@@ -138,25 +138,21 @@ fn read(conn: &Connection, version: i64, dir: &Path) -> Result<Report, StoreErro
         )
         .optional()?;
     let pruned_upto = Seq(pruned.and_then(|v| v.parse().ok()).unwrap_or(0));
-    let mut tallies = Tallies::default();
-    let pairs = |sql: &str| -> Result<Vec<(String, i64)>, StoreError> {
+    let pairs = |sql: &str| -> Result<Pairs, StoreError> {
         let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     };
-    for (id, n) in pairs("SELECT client_id, last_ack FROM acks")? {
-        tallies.acks.insert(id, unsigned(n));
-    }
-    for (id, n) in pairs("SELECT sender, count(*) FROM messages GROUP BY sender")? {
-        tallies.sent.insert(id, unsigned(n));
-    }
-    // Version 1 had no message ids.
-    if version >= 2 {
-        for (id, n) in pairs("SELECT client_id, count(*) FROM mids GROUP BY client_id")? {
-            tallies.mids.insert(id, unsigned(n));
-        }
-    }
-    let mids = tallies.mids.values().sum();
+    let tallies = Tallies::new(
+        pairs("SELECT client_id, last_ack FROM acks")?,
+        pairs("SELECT sender, count(*) FROM messages GROUP BY sender")?,
+        // Version 1 had no message ids.
+        match version {
+            1 => Vec::new(),
+            _ => pairs("SELECT client_id, count(*) FROM mids GROUP BY client_id")?,
+        },
+    );
+    let mids = tallies.mids_total();
     let mut count =
         conn.prepare("SELECT count(*) FROM messages WHERE seq > ?1 AND sender != ?2")?;
     let ids = tallies.rows(&[], |id, after| {
