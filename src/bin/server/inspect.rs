@@ -2,6 +2,7 @@
 //! one JSON object for machines (the object is described in
 //! docs/storage.md, "Inspecting a store").
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,17 +39,24 @@ pub fn run(source: Source, as_json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match report {
-        Ok(r) => {
-            if as_json {
-                println!("{}", to_json(&r));
-            } else {
-                print!("{}", to_text(&r));
-            }
-            ExitCode::SUCCESS
-        }
+    let out = match report {
+        Ok(r) if as_json => format!("{}\n", to_json(&r)),
+        Ok(r) => to_text(&r),
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`| head`) needs no message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: cannot write the report: {e}");
             ExitCode::from(1)
         }
     }
