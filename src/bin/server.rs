@@ -13,6 +13,9 @@ use herald::server::{ServerConfig, StorageConfig};
 use herald::store::SyncPolicy;
 use herald::ClientId;
 
+#[path = "server/inspect.rs"]
+mod inspect;
+
 /// When a `SEND` is confirmed relative to the disk.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SyncMode {
@@ -150,6 +153,16 @@ enum Command {
         /// --host chat.example --host 127.0.0.1).
         #[arg(long = "host", value_name = "NAME", required = true)]
         hosts: Vec<String>,
+    },
+    /// Prints what a store holds (head, messages, each id's last ack and
+    /// backlog, remembered message ids, size, cluster sessions) without
+    /// writing to it; safe while a server runs on it.
+    Inspect {
+        #[command(flatten)]
+        source: inspect::Source,
+        /// One JSON object instead of text (see docs/storage.md).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -334,6 +347,10 @@ fn main() -> ExitCode {
         Some(Command::TlsInit { dir, hosts }) => {
             herald::logging::release_logs();
             return tls_init(&dir, &hosts);
+        }
+        Some(Command::Inspect { source, json }) => {
+            herald::logging::release_logs();
+            return inspect::run(source, json);
         }
         None => {}
     }

@@ -14,6 +14,7 @@ use actix::{Actor, Handler, Message as ActixMessage, SyncContext};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
+pub mod inspect;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;

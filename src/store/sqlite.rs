@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+mod inspect;
+
 use super::{
     number_from, Appended, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError,
 };

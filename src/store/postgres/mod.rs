@@ -31,6 +31,7 @@ use schema::init_schema;
 
 mod batch;
 mod conn;
+mod inspect;
 mod listen;
 mod schema;
 
