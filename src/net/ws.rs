@@ -221,7 +221,7 @@ impl Pump {
                     pinged = false;
                     match msg {
                         None => Next::End(None),
-                        Some(msg) => self.on_message(msg).await,
+                        Some(msg) => self.on_message(msg, &mut stream).await,
                     }
                 }
                 () = tokio::time::sleep(self.ping_every) => {
@@ -262,10 +262,11 @@ impl Pump {
     async fn on_message(
         &mut self,
         msg: Result<AggregatedMessage, actix_ws::ProtocolError>,
+        stream: &mut AggregatedMessageStream,
     ) -> Next {
         let msg = match msg {
             Ok(msg) => msg,
-            Err(e) => return self.on_error(e).await,
+            Err(e) => return Box::pin(self.on_error(e, stream)).await,
         };
         let item = match msg {
             AggregatedMessage::Text(text) => self.frame(text).await,
@@ -312,7 +313,11 @@ impl Pump {
         Some(Inbound::Frame(text, permit))
     }
 
-    async fn on_error(&self, e: actix_ws::ProtocolError) -> Next {
+    async fn on_error(
+        &mut self,
+        e: actix_ws::ProtocolError,
+        stream: &mut AggregatedMessageStream,
+    ) -> Next {
         use actix_ws::ProtocolError as P;
         let (code, why) = match &e {
             P::Overflow => (CloseCode::Size, "message too big".to_owned()),
@@ -322,6 +327,7 @@ impl Pump {
             P::Io(io) if io.to_string().contains("continuation size") => {
                 (CloseCode::Size, "message too big".to_owned())
             }
+            P::Io(_) => return self.on_transport_end(stream).await,
             _ => (CloseCode::Protocol, e.to_string()),
         };
         log::info!("closing a WebSocket: {why}");
@@ -331,4 +337,30 @@ impl Pump {
             description: Some(why),
         }))
     }
+
+    /// The connection ended without a close message (the peer closed its
+    /// TCP connection): the messages that came before the end are still
+    /// handed on, then the session sees the end of input, as over TCP.
+    async fn on_transport_end(&mut self, stream: &mut AggregatedMessageStream) -> Next {
+        while let Some(Ok(msg)) = ready_now(stream).await {
+            if let Next::End(_) = self.on_message(Ok(msg), stream).await {
+                break;
+            }
+        }
+        Next::End(None)
+    }
+}
+
+/// The stream's next message if one is ready without waiting.
+async fn ready_now(
+    stream: &mut AggregatedMessageStream,
+) -> Option<Result<AggregatedMessage, actix_ws::ProtocolError>> {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut next = std::pin::pin!(stream.recv());
+    std::future::poll_fn(|cx| match next.as_mut().poll(cx) {
+        Poll::Ready(msg) => Poll::Ready(msg),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
