@@ -114,14 +114,19 @@ async fn websocket(
     if verdict == Verdict::Foreign {
         return Ok(refuse_origin(&req, origin.as_deref().unwrap_or_default()));
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let (reader, writer) =
-        super::ws::start(session, stream, routes.max_frame_bytes, routes.idle_timeout);
+    // actix-ws checks the request and makes the upgrade response and the
+    // message stream; the response's body is our own batched one instead
+    // of actix-ws's message-at-a-time channel.
+    let (response, _, stream) = actix_ws::handle(&req, body)?;
+    let (reader, writer, outbound) =
+        super::ws::start(stream, routes.max_frame_bytes, routes.idle_timeout);
     (routes.admit)(Connection::ws(
         reader,
         writer,
         req.peer_addr(),
         routes.secure,
     ));
-    Ok(response)
+    Ok(response
+        .set_body(actix_web::body::BodyStream::new(outbound))
+        .map_into_boxed_body())
 }

@@ -7,19 +7,24 @@
 //! request, and sessions run on the session threads; a pump on the HTTP
 //! worker reads the stream, answers WebSocket pings, pings a silent peer, and
 //! hands text messages to the session's reader through a channel bounded in
-//! bytes ([`inbound_budget`]). Outbound, actix-ws's own channel holds at most
-//! 32 messages, so a peer that stops reading stops the session's writes and
-//! with them (as on TCP) its reading.
+//! bytes ([`inbound_budget`]). Outbound ([`outbound`]), the session's frames
+//! go to the worker in batches through a channel bounded in bytes too, so a
+//! peer that stops reading stops the session's writes and with them (as on
+//! TCP) its reading.
+
+pub mod outbound;
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
-use bytes::{Bytes, BytesMut};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode};
+use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+pub use self::outbound::WsWriter;
+use self::outbound::{Opcode, Outbound, OutboundBody};
 use super::frame::{ErrorCode, FrameError};
 
 /// Largest WebSocket message accepted at all, for a frame limit of `limit`
@@ -123,74 +128,34 @@ impl WsReader {
     }
 }
 
-/// The session's side of the outbound direction.
-pub struct WsWriter {
-    session: Option<actix_ws::Session>,
-}
-
-fn closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the WebSocket is closed")
-}
-
-impl WsWriter {
-    /// Sends every `\n`-terminated frame in `buf` as one text message
-    /// without its `\n`; waits while actix-ws's channel is full.
-    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let session = self.session.as_mut().ok_or_else(closed)?;
-        let mut all = Bytes::copy_from_slice(buf);
-        while !all.is_empty() {
-            let end = all.iter().position(|&b| b == b'\n').unwrap_or(all.len());
-            let frame = all.split_to(end);
-            if !all.is_empty() {
-                let _newline = all.split_to(1);
-            }
-            let text = ByteString::try_from(frame)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            session.text(text).await.map_err(|_| closed())?;
-        }
-        Ok(())
-    }
-
-    /// Sends a close message (status 1000): the peer answers with its own,
-    /// which ends the reader's input.
-    pub async fn shutdown(&mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(session) => session
-                .close(Some(CloseCode::Normal.into()))
-                .await
-                .map_err(|_| closed()),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Splits an upgraded connection into the session's reader and writer, and
-/// spawns the pump on the current (HTTP worker) thread.
+/// Splits an upgraded connection into the session's reader and writer and
+/// the response body that carries what the writer sends, and spawns the
+/// pump on the current (HTTP worker) thread.
 pub fn start(
-    session: actix_ws::Session,
     stream: actix_ws::MessageStream,
     max_frame_bytes: usize,
     idle_timeout: Option<Duration>,
-) -> (WsReader, WsWriter) {
+) -> (WsReader, WsWriter, OutboundBody) {
     let cap = hard_cap(max_frame_bytes);
     let stream = stream
         .max_frame_size(cap)
         .aggregate_continuations()
         .max_continuation_size(cap);
     let (tx, rx) = mpsc::channel(INBOUND_MESSAGES);
+    // The longest message out: a MSG frame of the longest text.
+    let (out, body) = outbound::channel(outbound::outbound_budget(cap));
     let pump = Pump {
         tx,
         budget: Arc::new(Semaphore::new(inbound_budget(max_frame_bytes))),
-        session: session.clone(),
+        out: out.clone(),
         max_frame_bytes,
         ping_every: ping_interval(idle_timeout),
     };
     actix_web::rt::spawn(pump.run(stream));
     (
         WsReader { rx, held: None },
-        WsWriter {
-            session: Some(session),
-        },
+        WsWriter { out: Some(out) },
+        body,
     )
 }
 
@@ -198,8 +163,8 @@ pub fn start(
 struct Pump {
     tx: mpsc::Sender<Inbound>,
     budget: Arc<Semaphore>,
-    /// For pings, pongs and closes: actix-ws sessions share one channel.
-    session: actix_ws::Session,
+    /// For pings, pongs and closes, in line with the session's messages.
+    out: Outbound,
     max_frame_bytes: usize,
     ping_every: Duration,
 }
@@ -207,9 +172,9 @@ struct Pump {
 /// What the pump does after one event.
 enum Next {
     Go,
-    /// Stop reading; close with this status (none: the peer closed, or the
-    /// session is gone).
-    End(Option<CloseReason>),
+    /// Stop reading; close with this status and reason (none: the peer
+    /// closed, or the session is gone).
+    End(Option<(CloseCode, String)>),
 }
 
 impl Pump {
@@ -227,10 +192,10 @@ impl Pump {
                 () = tokio::time::sleep(self.ping_every) => {
                     if pinged {
                         self.fail("no answer to a WebSocket ping").await;
-                        Next::End(Some(CloseCode::Away.into()))
+                        Next::End(Some((CloseCode::Away, "no answer to ping".to_owned())))
                     } else {
                         pinged = true;
-                        match self.session.ping(b"").await {
+                        match self.out.control(Opcode::Ping, b"").await {
                             Ok(()) => Next::Go,
                             Err(_) => Next::End(None),
                         }
@@ -242,8 +207,8 @@ impl Pump {
                 break close;
             }
         };
-        if let Some(reason) = close {
-            let _ = self.session.close(Some(reason)).await;
+        if let Some((code, why)) = close {
+            let _ = self.out.close(code.into(), &why).await;
         }
         // Dropping the sender ends the session's input.
     }
@@ -275,7 +240,7 @@ impl Pump {
                 "binary message: frames are text messages",
             ))),
             AggregatedMessage::Ping(data) => {
-                return match self.session.pong(&data).await {
+                return match self.out.control(Opcode::Pong, &data).await {
                     Ok(()) => Next::Go,
                     Err(_) => Next::End(None),
                 }
@@ -332,10 +297,7 @@ impl Pump {
         };
         log::info!("closing a WebSocket: {why}");
         self.fail(&why).await;
-        Next::End(Some(CloseReason {
-            code,
-            description: Some(why),
-        }))
+        Next::End(Some((code, why)))
     }
 
     /// The connection ended without a close message (the peer closed its
