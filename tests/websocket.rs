@@ -218,25 +218,28 @@ async fn origins_other_than_the_servers_own_or_listed_are_refused() {
             Ok(_) => panic!("{bad}: upgraded"),
         }
     }
-    let log = s.log.lock().unwrap().clone();
-    assert_eq!(
-        log.matches("refused a WebSocket from origin").count(),
-        4,
-        "{log}"
-    );
+    // One log line per refusal (stderr arrives through a thread: wait).
+    let refusals = || {
+        let log = s.log.lock().unwrap();
+        log.matches("refused a WebSocket from origin").count()
+    };
+    let deadline = std::time::Instant::now() + ws::WS_DEADLINE;
+    while refusals() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(refusals(), 4, "{}", s.log.lock().unwrap());
 }
 
 #[tokio::test]
 async fn wss_carries_the_protocol_with_the_servers_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = common::make_certs_for(dir.path(), "w", &["127.0.0.1"]);
-    let (s, port) = http_server("a,b", &["--tls-cert", &cert, "--tls-key", &key]);
+    let (_s, port) = http_server("a,b", &["--tls-cert", &cert, "--tls-key", &key]);
     let origin = format!("https://127.0.0.1:{port}");
     let mut w = ws::connect_tls(port, &ca, Some(&origin)).await;
     assert_eq!(w.login("a").await, 0);
     w.send("SEND over wss").await;
     assert_eq!(w.line().await, "SENT 1");
-    let _ = s;
     // Plain WebSocket to the HTTPS port does not get through.
     assert!(ws::try_connect(port, None).await.is_err());
 }
@@ -293,4 +296,28 @@ async fn shutdown_says_bye_to_websocket_sessions() {
     assert_eq!(w.line().await, "BYE shutdown");
     w.expect_end().await;
     assert_eq!(s.wait_exit(), Some(0));
+}
+
+#[tokio::test]
+async fn a_close_message_ends_input_like_eof_and_loses_nothing_sent_before_it() {
+    let (s, port) = http_server("w,t", &[]);
+    let (mut t, _) = s.login("t").await;
+    let mut w = ws::connect(port).await;
+    assert_eq!(w.login("w").await, 0);
+    w.send("SEND last words").await;
+    w.ws.close(None).await.unwrap();
+    // The answer owed still comes, then the server's close.
+    assert_eq!(w.line().await, "SENT 1");
+    assert_eq!(w.expect_end().await, End::Close(Some(CloseCode::Normal)));
+    let (seq, from, text) = parse_msg(&t.line().await).unwrap();
+    assert_eq!((seq, from.as_str(), text.as_str()), (1, "w", "last words"));
+}
+
+#[tokio::test]
+async fn a_websocket_that_does_not_log_in_in_time_is_closed() {
+    let (_s, port) = http_server("w", &["--login-timeout", "1"]);
+    let mut w = ws::connect(port).await;
+    assert!(w.line().await.starts_with("ERR LIMIT "));
+    assert_eq!(w.line().await, "BYE limit");
+    w.expect_end().await;
 }
