@@ -151,6 +151,20 @@ async fn a_message_past_the_hard_cap_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn a_text_message_that_is_not_utf8_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let (_s, port) = http_server("w", &[]);
+    let mut w = ws::connect(port).await;
+    assert_eq!(w.login("w").await, 0);
+    let bad = Frame::message(b"SEND \xff\xfe".to_vec(), OpCode::Data(Data::Text), true);
+    w.ws.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(w.expect_end().await, End::Close(Some(CloseCode::Invalid)));
+}
+
+#[tokio::test]
 async fn unknown_clients_and_wrong_secrets_are_told_bye() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
