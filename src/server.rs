@@ -249,9 +249,28 @@ fn start_http(
         max_frame_bytes: config.session.max_frame_bytes,
         idle_timeout: config.session.idle_timeout,
         secure: config.tls.is_some(),
+        trust_host_names: config
+            .http
+            .as_ref()
+            .is_some_and(|h| !h.bind.ip().is_loopback()),
     };
     crate::net::http::serve(listener, config.tls.as_deref(), routes, threads)
         .context("cannot start the HTTP listener")
+}
+
+/// Runs an actix-web server on this thread's loop, logging in one line
+/// (with `what` it serves) if it fails; returns its handle.
+fn run_http_server(
+    server: actix_web::dev::Server,
+    what: &'static str,
+) -> actix_web::dev::ServerHandle {
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        if let Err(e) = server.await {
+            log::error!("the {what} listener failed: {e}");
+        }
+    });
+    handle
 }
 
 /// Pending connections the kernel may queue for us: enough for thousands of
@@ -507,15 +526,11 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
                 ""
             }
         );
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        handle
+        run_http_server(server, "HTTP")
     });
     let admin_handle = admin.map(|(addr, server)| {
         log::info!("admin on {addr}: /metrics, /healthz, /readyz (internal: never expose it)");
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        handle
+        run_http_server(server, "admin")
     });
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -546,6 +561,10 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     .await;
 
     accepting.store(false, std::sync::atomic::Ordering::Release);
+    if let Some(handle) = &http_handle {
+        // No new WebSockets while the sessions are told BYE shutdown.
+        handle.pause().await;
+    }
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {
         log::error!("registry unreachable at shutdown: {e}");
