@@ -401,7 +401,9 @@ async fn serve(
 
 /// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
 ///
-/// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
+/// Prints `listening on <ip>:<port>` to stdout once it accepts connections,
+/// then tells a service manager `READY=1` (see [`crate::notify`]), and
+/// `STOPPING=1` when a signal ends it.
 /// Everything that can make a start fail (the port, the store, the
 /// open-file limit) is tried before that line; logs held back by
 /// [`crate::logging::init_held_logging`] are written only after it.
@@ -493,6 +495,11 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
         }
     }
     crate::logging::release_logs();
+    let status = crate::notify::status(
+        local,
+        http.as_ref().map(|h| h.0),
+        admin.as_ref().map(|a| a.0),
+    );
     log::info!(
         "listening on {local} for {} client id(s)",
         config.client_ids.len()
@@ -520,6 +527,7 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     accepting.store(true, std::sync::atomic::Ordering::Release);
+    crate::notify::ready(&status);
     accept_loop(
         listener,
         |stream| {
@@ -546,6 +554,7 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     .await;
 
     accepting.store(false, std::sync::atomic::Ordering::Release);
+    crate::notify::stopping();
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {
         log::error!("registry unreachable at shutdown: {e}");
