@@ -8,7 +8,8 @@
 # volume stopped and restarted; see scripts/docker-test.sh), and the four
 # end-to-end scenarios over the real binaries.
 # This is the README's test command and what CI runs. HERALD_SKIP_DOCKER=1
-# skips the Docker step locally; with CI=true it always runs.
+# skips the Docker step locally, HERALD_SKIP_PACKAGE=1 the package's; with
+# CI=true both always run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
