@@ -2,11 +2,14 @@
 # Every check the project has: formatting, lints, unit and integration tests
 # (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh),
 # scripts/try-cluster.sh --check (two clients on two cluster nodes), the
+# Debian package (scripts/package-test.sh: installed with dpkg, the unit's
+# ExecStart run by hand, purged), the
 # Docker image (built, its scenario tests run, a server container on a
 # volume stopped and restarted; see scripts/docker-test.sh), and the four
 # end-to-end scenarios over the real binaries.
 # This is the README's test command and what CI runs. HERALD_SKIP_DOCKER=1
-# skips the Docker step locally; with CI=true it always runs.
+# skips the Docker step locally, HERALD_SKIP_PACKAGE=1 the package's; with
+# CI=true both always run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,6 +23,8 @@ echo "== cargo test"
 cargo test --locked
 echo "== try-cluster --check (the debug binaries cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/try-cluster.sh --check
+echo "== Debian package (built from the debug binaries cargo test just built; installed, tried as the unit would run it, purged)"
+scripts/package-test.sh
 echo "== docker (the image; the host's client is the debug one cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/docker-test.sh
 echo "== scenarios (the debug binaries cargo test just built)"

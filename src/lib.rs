@@ -17,6 +17,7 @@ pub mod cli;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod types;

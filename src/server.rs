@@ -168,9 +168,29 @@ fn start_listener(
     Ok(Some(listener))
 }
 
+/// SIGHUP (what `systemctl reload` sends) would end the process by default.
+/// Settings are not reloaded yet: each SIGHUP is one warn line saying so,
+/// and the broker serves on unchanged.
+fn watch_hangups() {
+    #[cfg(unix)]
+    actix_rt::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                while hangups.recv().await.is_some() {
+                    log::warn!(
+                        "SIGHUP: this version does not reload its settings; nothing changed (restart the server to apply new settings)"
+                    );
+                }
+            }
+            Err(e) => log::warn!("cannot watch SIGHUP ({e}); a SIGHUP will end the process"),
+        }
+    });
+}
+
 /// Prints the start lines on stdout (`listening on …` first), each flushed
 /// at once: scripts wait for them.
-fn announce(lines: impl Iterator<Item = String>) -> anyhow::Result<()> {
+fn announce(lines: &[String]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for line in lines {
         writeln!(out, "{line}").context("cannot write to stdout")?;
@@ -181,7 +201,9 @@ fn announce(lines: impl Iterator<Item = String>) -> anyhow::Result<()> {
 
 /// Runs the broker until SIGINT or SIGTERM, inside an actix `System`.
 ///
-/// Prints `listening on <ip>:<port>` to stdout once it accepts connections.
+/// Prints `listening on <ip>:<port>` to stdout once it accepts connections,
+/// then tells a service manager `READY=1` (see [`crate::notify`]), and
+/// `STOPPING=1` when a signal ends it.
 /// Everything that can make a start fail (the port, the store, the
 /// open-file limit) is tried before that line; logs held back by
 /// [`crate::logging::init_held_logging`] are written only after it.
@@ -239,7 +261,11 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     };
     let web = web.build(&config, dispatch.clone(), threads, admin)?;
 
-    announce(std::iter::once(format!("listening on {local}")).chain(web.announcements()))?;
+    watch_hangups();
+    let lines: Vec<String> = std::iter::once(format!("listening on {local}"))
+        .chain(web.announcements())
+        .collect();
+    announce(&lines)?;
     crate::logging::release_logs();
     log::info!(
         "listening on {local} for {} client id(s)",
@@ -250,6 +276,8 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     accepting.store(true, std::sync::atomic::Ordering::Release);
+    // The addresses, as the stdout lines say them, for `systemctl status`.
+    crate::notify::ready(&lines.join(", "));
     accept_loop(
         listener,
         |stream| dispatch.accept_tcp(stream, tls.as_ref()),
@@ -258,6 +286,7 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     .await;
 
     accepting.store(false, std::sync::atomic::Ordering::Release);
+    crate::notify::stopping();
     web.pause().await;
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {

@@ -66,6 +66,21 @@ fn it_listens_on_loopback_by_default_and_says_how_to_open_up() {
     wait_for_log(&s, "--bind 0.0.0.0");
 }
 
+#[tokio::test]
+async fn a_sighup_changes_nothing_and_says_so() {
+    let mut s = Server::start_raw(&["--port", "0", "--memory", "--client-ids", "1,2"]);
+    let (mut a, _) = s.login("1").await;
+    s.signal("HUP");
+    wait_for_log(&s, "SIGHUP: this version does not reload its settings");
+    // Still serving, the open connection included.
+    let (mut b, _) = s.login("2").await;
+    a.send("SEND after the hangup").await;
+    assert_eq!(a.line().await, "SENT 1");
+    assert!(b.line().await.ends_with(" 1 after the hangup"));
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(), Some(0));
+}
+
 /// Polls the server's log until it holds `needle`; returns the log.
 fn wait_for_log(s: &Server, needle: &str) -> String {
     let deadline = Instant::now() + DEADLINE;

@@ -204,15 +204,18 @@ fn tls_init(dir: &std::path::Path, hosts: &[String]) -> ExitCode {
         .iter()
         .any(|h| !matches!(h.parse::<IpAddr>(), Ok(ip) if ip.is_loopback()) && h != "localhost");
     // The binaries as this one was called: `./target/release/server` and
-    // its sibling `client`, or plain names found on the PATH.
+    // its sibling `client`, or `herald-server` and `herald-client` as the
+    // Debian package installs them on the PATH.
     let me = std::env::args_os()
         .next()
         .map(PathBuf::from)
-        .filter(|p| p.components().count() > 1);
-    let (server, client) = match me {
-        Some(me) => (quote(&me), quote(&me.with_file_name("client"))),
-        None => ("server".to_owned(), "client".to_owned()),
-    };
+        .unwrap_or_else(|| PathBuf::from("server"));
+    let client = me.with_file_name(
+        me.file_name()
+            .map(|n| n.to_string_lossy().replace("server", "client"))
+            .unwrap_or_else(|| "client".to_owned()),
+    );
+    let (server, client) = (quote(&me), quote(&client));
     println!(
         "{server} --client-ids 1,2,3 --port 5000 --tls-cert {} --tls-key {}{}",
         quote(&written.server_cert),
