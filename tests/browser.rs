@@ -1,0 +1,363 @@
+//! The web chat page in a real browser: a headless Chromium (Debian's
+//! `chromium`, installed by scripts/ensure-chromium.sh) against the real
+//! `server` binary with `--http-bind`, next to TCP `client`s. Each step
+//! leaves a screenshot in the test's temporary directory (printed).
+
+mod common;
+mod web;
+
+use std::io::Write;
+use std::process::Child;
+use std::sync::mpsc::Receiver;
+
+use web::server::{secrets_file, WebServer};
+use web::{shown, Chrome, DEADLINE};
+
+/// A TCP `client` process and its stdout lines.
+struct TcpClient {
+    child: Child,
+    out: Receiver<String>,
+}
+
+impl TcpClient {
+    fn start(server: &WebServer, id: &str) -> TcpClient {
+        let mut child = common::client_command(server.tcp_port, id, &[])
+            .spawn()
+            .expect("spawn client");
+        let out = common::lines_of(child.stdout.take().expect("piped stdout"));
+        TcpClient { child, out }
+    }
+
+    /// A client for `id` that logs in with `secret` (given through
+    /// `HERALD_SECRET`, never on the command line).
+    fn start_with_secret(server: &WebServer, id: &str, secret: &str) -> TcpClient {
+        let mut child = common::client_command(server.tcp_port, id, &[])
+            .env("HERALD_SECRET", secret)
+            .spawn()
+            .expect("spawn client");
+        let out = common::lines_of(child.stdout.take().expect("piped stdout"));
+        TcpClient { child, out }
+    }
+
+    fn say(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{text}").expect("write to the client");
+    }
+
+    /// Waits (bounded) for the client to print exactly `line`, failing on
+    /// any other line first.
+    fn expect(&self, line: &str) {
+        let got = common::wait_for(&self.out, DEADLINE, |_| true);
+        assert_eq!(got, line, "the TCP client printed something else first");
+    }
+}
+
+impl Drop for TcpClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_pages_and_a_tcp_client_chat() {
+    let Some(chrome) = Chrome::start("chat") else {
+        return;
+    };
+    let server = WebServer::start(&["--memory", "--client-ids", "ann,bob,cy"]);
+    let ann = chrome.person("ann");
+    let bob = chrome.person("bob");
+    ann.open(&server.url()).shot("sign-in-form");
+    ann.join("ann").shot("online");
+    bob.open(&server.url()).join("bob");
+    let mut cy = TcpClient::start(&server, "cy");
+
+    ann.say("hello from the browser");
+    cy.expect("ann: hello from the browser");
+    bob.wait_lines(&shown(&[("ann", "hello from the browser")]));
+    bob.say("hi ann, bob here");
+    cy.expect("bob: hi ann, bob here");
+    cy.say("and cy on the terminal");
+    // Markup in a message is text, never HTML.
+    bob.say("<b>bold?</b> & \"quotes\" <img src=x onerror=alert(1)>");
+    cy.expect("bob: <b>bold?</b> & \"quotes\" <img src=x onerror=alert(1)>");
+
+    let all = shown(&[
+        ("ann", "hello from the browser"),
+        ("bob", "hi ann, bob here"),
+        ("cy", "and cy on the terminal"),
+        (
+            "bob",
+            "<b>bold?</b> & \"quotes\" <img src=x onerror=alert(1)>",
+        ),
+    ]);
+    ann.wait_lines(&all);
+    // The cy and bob lines may meet the broker in either order; both pages
+    // show the broker's one order.
+    let order = |page: &web::Page<'_>| {
+        page.line_details()
+            .iter()
+            .map(|l| (l.seq, l.shown.clone()))
+            .collect::<Vec<_>>()
+    };
+    bob.wait_until("bob's lines confirmed", CONFIRMED);
+    let (ann_order, bob_order) = (order(&ann), order(&bob));
+    assert_eq!(ann_order, bob_order, "both pages show the broker's order");
+    assert!(
+        ann_order.windows(2).all(|w| w[0].0 < w[1].0),
+        "{ann_order:?}"
+    );
+    assert_eq!(
+        ann.eval("document.querySelector('#log b, #log img') === null"),
+        true
+    );
+
+    let mine: Vec<bool> = ann.line_details().iter().map(|l| l.mine).collect();
+    assert_eq!(mine, [true, false, false, false]);
+    ann.shot("conversation");
+    bob.shot("conversation");
+    server.stop();
+}
+
+/// Every line of this page's own has its `SENT`.
+const CONFIRMED: &str =
+    "[...document.querySelectorAll('#log li.mine')].every(li => li.dataset.state === 'sent')";
+
+#[test]
+fn a_reloaded_page_shows_its_history_once_then_live_messages() {
+    let Some(chrome) = Chrome::start("reload") else {
+        return;
+    };
+    let server = WebServer::start(&["--memory", "--client-ids", "ann,bob"]);
+    let ann = chrome.person("ann");
+    ann.open(&server.url()).join("ann");
+    let mut bob = TcpClient::start(&server, "bob");
+    for i in 1..=3 {
+        bob.say(&format!("line {i} from bob"));
+        ann.say(&format!("answer {i} from ann"));
+        bob.expect(&format!("ann: answer {i} from ann"));
+    }
+    ann.wait_until("ann's lines confirmed", CONFIRMED);
+    let before = ann.lines();
+    assert_eq!(before.len(), 6, "{before:?}");
+    ann.shot("before-reload");
+
+    ann.reload();
+    ann.wait_online();
+    ann.shot("after-reload");
+    assert_eq!(ann.lines(), before, "the history once, in order");
+
+    bob.say("live after the reload");
+    let mut after = before.clone();
+    after.push("bob: live after the reload".into());
+    ann.wait_lines(&after);
+    ann.say("still here");
+    bob.expect("ann: still here");
+    ann.shot("live-after-reload");
+    server.stop();
+}
+
+#[test]
+fn a_page_closed_while_others_chat_shows_what_it_missed() {
+    let Some(chrome) = Chrome::start("missed") else {
+        return;
+    };
+    let server = WebServer::start(&["--memory", "--client-ids", "ann,bob,cy"]);
+    let ann = chrome.person("ann");
+    let bob = chrome.person("bob");
+    ann.open(&server.url()).join("ann");
+    bob.open(&server.url()).join("bob");
+    let mut cy = TcpClient::start(&server, "cy");
+    ann.say("before bob leaves");
+    bob.wait_lines(&shown(&[("ann", "before bob leaves")]));
+    cy.expect("ann: before bob leaves");
+    bob.shot("before-closing");
+    bob.close();
+
+    ann.say("bob, are you there?");
+    cy.expect("ann: bob, are you there?");
+    cy.say("he closed the tab");
+    ann.wait_lines(&shown(&[
+        ("ann", "before bob leaves"),
+        ("ann", "bob, are you there?"),
+        ("cy", "he closed the tab"),
+    ]));
+    ann.say("we will tell him later");
+    cy.expect("ann: we will tell him later");
+    ann.wait_until("ann's lines confirmed", CONFIRMED);
+    ann.shot("while-bob-is-away");
+
+    // The same browser profile, a new tab: the history it had, then what
+    // it missed (its backlog), then live messages; each line once.
+    let again = chrome.reopen(&bob, "bob-again");
+    again.open(&server.url());
+    again.wait_until(
+        "the form, with the id this profile used last",
+        "!document.getElementById('login-view').hidden \
+         && document.getElementById('login-id').value === 'bob'",
+    );
+    again.join("bob");
+    let missed = shown(&[
+        ("ann", "before bob leaves"),
+        ("ann", "bob, are you there?"),
+        ("cy", "he closed the tab"),
+        ("ann", "we will tell him later"),
+    ]);
+    again.wait_lines(&missed);
+    again.shot("reopened");
+    cy.say("welcome back");
+    let mut live = missed.clone();
+    live.push("cy: welcome back".into());
+    again.wait_lines(&live);
+    again.shot("live-again");
+    server.stop();
+}
+
+#[test]
+fn a_wrong_secret_is_refused_in_words() {
+    let Some(chrome) = Chrome::start("secret") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let secrets = secrets_file(dir.path(), &[("ann", "ann-s3cret"), ("bob", "bob-s3cret")]);
+    let server = WebServer::start(&["--memory", "--secrets-file", &secrets]);
+    let ann = chrome.person("ann");
+    ann.open(&server.url());
+    ann.sign_in("ann", "not-her-secret");
+    ann.wait_until(
+        "the refusal",
+        "!document.getElementById('login-error').hidden",
+    );
+    ann.shot("wrong-secret");
+    assert_eq!(
+        ann.eval("document.getElementById('login-error').dataset.code"),
+        "AUTH_FAILED"
+    );
+    assert_eq!(
+        ann.text_of("login-error"),
+        "Wrong or missing secret for “ann”."
+    );
+    assert_eq!(
+        ann.eval("document.activeElement.id"),
+        "login-secret",
+        "focus goes back to the secret"
+    );
+
+    ann.sign_in("mallory", "whatever");
+    ann.wait_until(
+        "the refusal of an unknown id",
+        "document.getElementById('login-error').dataset.code === 'UNKNOWN_CLIENT'",
+    );
+    assert_eq!(
+        ann.text_of("login-error"),
+        "The id “mallory” is not allowed on this server."
+    );
+    ann.shot("unknown-id");
+
+    ann.sign_in("ann", "ann-s3cret");
+    ann.wait_online();
+    let mut bob = TcpClient::start_with_secret(&server, "bob", "bob-s3cret");
+    ann.say("the right secret works");
+    bob.expect("ann: the right secret works");
+    bob.say("welcome");
+    ann.wait_lines(&shown(&[
+        ("ann", "the right secret works"),
+        ("bob", "welcome"),
+    ]));
+    ann.shot("signed-in");
+    server.stop();
+}
+
+#[test]
+fn a_page_taken_over_elsewhere_says_so() {
+    let Some(chrome) = Chrome::start("takeover") else {
+        return;
+    };
+    let server = WebServer::start(&["--memory", "--client-ids", "ann,bob"]);
+    let laptop = chrome.person("laptop");
+    let phone = chrome.person("phone");
+    laptop.open(&server.url()).join("ann");
+    let mut bob = TcpClient::start(&server, "bob");
+    bob.say("first, to the laptop");
+    laptop.wait_lines(&shown(&[("bob", "first, to the laptop")]));
+
+    phone.open(&server.url()).join("ann");
+    laptop.wait_until(
+        "the laptop's notice",
+        "document.getElementById('notice').dataset.code === 'replaced' \
+         && !document.getElementById('notice').hidden",
+    );
+    laptop.shot("replaced");
+    assert_eq!(
+        laptop.text_of("notice-text"),
+        "This id logged in elsewhere, so this page was disconnected."
+    );
+    assert_eq!(
+        laptop.eval("document.getElementById('status').dataset.state"),
+        "offline"
+    );
+
+    // The phone has the id now, and the laptop does not fight for it.
+    bob.say("second, to the phone");
+    phone.wait_lines(&shown(&[("bob", "second, to the phone")]));
+    phone.say("on my phone now");
+    bob.expect("ann: on my phone now");
+    phone.shot("took-over");
+    assert_eq!(
+        laptop.eval("document.getElementById('status').dataset.state"),
+        "offline"
+    );
+    assert_eq!(laptop.lines(), shown(&[("bob", "first, to the laptop")]));
+    server.stop();
+}
+
+#[test]
+fn lines_typed_while_the_server_is_away_are_sent_once_it_is_back() {
+    let Some(chrome) = Chrome::start("reconnect") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let args = ["--data-dir", data, "--client-ids", "ann,bob"];
+    let server = WebServer::start(&args);
+    let (tcp_port, http_port) = (server.tcp_port, server.http_port);
+    let ann = chrome.person("ann");
+    ann.open(&server.url()).join("ann");
+    ann.say("before the restart");
+    ann.wait_until("ann's line confirmed", CONFIRMED);
+
+    server.stop();
+    ann.wait_until(
+        "the page says it reconnects",
+        "document.getElementById('status').dataset.state === 'reconnecting' \
+         && document.getElementById('notice').dataset.code === 'reconnecting'",
+    );
+    assert!(
+        ann.text_of("notice-text")
+            .starts_with("The server is shutting down. Reconnecting in"),
+        "{}",
+        ann.text_of("notice-text")
+    );
+    ann.say("typed while the server was away");
+    ann.wait_until(
+        "the line shown as pending",
+        "document.querySelector('#log li.mine:last-child').dataset.state === 'pending'",
+    );
+    ann.shot("offline-pending");
+
+    let server = WebServer::start_on(tcp_port, http_port, &args);
+    ann.wait_online();
+    ann.wait_until("ann's lines confirmed", CONFIRMED);
+    ann.shot("back-online");
+    let mut bob = TcpClient::start(&server, "bob");
+    bob.expect("ann: before the restart");
+    bob.expect("ann: typed while the server was away");
+    bob.say("got both");
+    ann.wait_lines(&shown(&[
+        ("ann", "before the restart"),
+        ("ann", "typed while the server was away"),
+        ("bob", "got both"),
+    ]));
+    server.stop();
+}
