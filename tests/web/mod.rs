@@ -57,7 +57,7 @@ impl Chrome {
             "--disable-domain-reliability",
             "--no-default-browser-check",
             "--no-proxy-server",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--lang=en-GB",
             "--hide-scrollbars",
         ];
