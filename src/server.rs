@@ -1,6 +1,6 @@
 //! Wiring of a running broker: opens the store, starts the store actor, the
-//! registry and the session arbiters, listens, and shuts down in order on
-//! SIGINT/SIGTERM.
+//! registry and the session arbiters, listens (TCP, and HTTP/WebSocket when
+//! asked), and shuts down in order on SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::actors::messages::Shutdown;
 use crate::actors::{ConnectionSlot, Registry, RegistryConfig, Session, SessionConfig};
+use crate::net::http::{HttpConfig, Routes};
 use crate::net::listener::accept_loop;
-use crate::net::transport::{accept_tls, Connection};
+use crate::net::transport::{accept_tls, Connection, Input};
 use crate::store::postgres::Listener;
 use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store, StoreActor, SyncPolicy};
 use crate::types::ClientId;
@@ -57,8 +58,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// When given, every `LOGIN` must carry its id's secret.
     pub secrets: Option<crate::auth::Secrets>,
-    /// When given, connections speak TLS.
+    /// When given, connections speak TLS (and the HTTP listener HTTPS).
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// When given, the web page and WebSocket listener.
+    pub http: Option<HttpConfig>,
 }
 
 /// How long a TLS handshake may take when there is no login timeout.
@@ -85,6 +88,25 @@ async fn refuse(stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcce
     .await;
 }
 
+/// What a connection over the limit is told before it is closed.
+const LIMIT_REFUSAL: &[u8] = b"ERR LIMIT too many connections\nBYE limit\n";
+
+/// [`say_limit`] for a connection already set up (a WebSocket): the same
+/// two frames, a close, and the peer's input read and dropped until it
+/// closes too, within `REFUSAL_TIME`.
+async fn refuse_connection(mut conn: Connection) {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        conn.writer.write_all(LIMIT_REFUSAL).await?;
+        conn.writer.shutdown().await?;
+        let mut sink = bytes::BytesMut::new();
+        while !matches!(conn.reader.read_some(&mut sink, 512).await?, Input::Eof) {
+            sink.clear();
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// How long a refused connection may take of the server's time.
 const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -96,9 +118,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"ERR LIMIT too many connections\nBYE limit\n")
-        .await?;
+    stream.write_all(LIMIT_REFUSAL).await?;
     stream.shutdown().await?;
     let mut sink = [0u8; 512];
     while stream.read(&mut sink).await? > 0 {}
@@ -150,6 +170,86 @@ impl RefusalLog {
             self.last = Some(std::time::Instant::now());
         }
     }
+}
+
+/// Hands connections to the session threads in turn, within the
+/// connection limit; shared by the TCP and the HTTP listeners.
+struct Dispatch {
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+    workers: Vec<actix_rt::ArbiterHandle>,
+    next: std::sync::atomic::AtomicUsize,
+    registry: Addr<Registry>,
+    session: SessionConfig,
+    refusals: std::sync::Mutex<RefusalLog>,
+}
+
+impl Dispatch {
+    /// A place among the open connections, or none (logged) at the limit.
+    fn slot(&self) -> Option<ConnectionSlot> {
+        let slot = ConnectionSlot::take(&self.open, self.max);
+        if slot.is_none() {
+            if let Ok(mut log) = self.refusals.lock() {
+                log.refused(self.max);
+            }
+        }
+        slot
+    }
+
+    /// The session thread for the next connection.
+    fn worker(&self) -> &actix_rt::ArbiterHandle {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.workers[n % self.workers.len()]
+    }
+
+    /// Starts a session for a connection that is set up (a WebSocket), or
+    /// refuses it over the connection at the limit.
+    fn admit(&self, conn: Connection) {
+        let Some(slot) = self.slot() else {
+            actix_rt::spawn(refuse_connection(conn));
+            return;
+        };
+        let registry = self.registry.clone();
+        let config = self.session.clone();
+        self.worker().spawn(async move {
+            Session::new(conn, registry, config).counted(slot).start();
+        });
+    }
+}
+
+/// Binds the HTTP listener, when there is one, as a listener the HTTP
+/// server takes over.
+fn listen_http(config: &ServerConfig) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(http) = &config.http else {
+        return Ok(None);
+    };
+    let listener = listen(http.bind)
+        .and_then(|l| l.into_std())
+        .with_context(|| format!("cannot listen for HTTP on {}", http.bind))?;
+    Ok(Some(listener))
+}
+
+/// Starts the HTTP server on its bound listener, with WebSocket sessions
+/// admitted through `dispatch`.
+fn start_http(
+    config: &ServerConfig,
+    listener: std::net::TcpListener,
+    dispatch: std::sync::Arc<Dispatch>,
+    threads: usize,
+) -> anyhow::Result<actix_web::dev::Server> {
+    let routes = Routes {
+        admit: std::sync::Arc::new(move |conn| dispatch.admit(conn)),
+        allowed_origins: config
+            .http
+            .as_ref()
+            .map(|h| h.allowed_origins.clone())
+            .unwrap_or_default(),
+        max_frame_bytes: config.session.max_frame_bytes,
+        idle_timeout: config.session.idle_timeout,
+        secure: config.tls.is_some(),
+    };
+    crate::net::http::serve(listener, config.tls.as_deref(), routes, threads)
+        .context("cannot start the HTTP listener")
 }
 
 /// Pending connections the kernel may queue for us: enough for thousands of
@@ -294,6 +394,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let local = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    let http_listener = listen_http(&config)?;
     // On a thread of its own: a database client blocks, and must never
     // block (or nest a runtime in) this event loop.
     let opened = std::thread::scope(|scope| {
@@ -324,11 +425,32 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let workers: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     // Counted once every thread and the store have their descriptors.
     let max_connections = connection_budget(config.max_connections)?;
+    let dispatch = std::sync::Arc::new(Dispatch {
+        open: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        max: max_connections,
+        workers: workers.iter().map(Arbiter::handle).collect(),
+        next: std::sync::atomic::AtomicUsize::new(0),
+        registry: registry.clone(),
+        session: config.session.clone(),
+        refusals: std::sync::Mutex::new(RefusalLog::default()),
+    });
+    let http = match http_listener {
+        Some(l) => {
+            let addr = l.local_addr().context("cannot read the HTTP address")?;
+            let server = start_http(&config, l, dispatch.clone(), threads)?;
+            Some((addr, server))
+        }
+        None => None,
+    };
 
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {local}").context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
+        if let Some((addr, _)) = &http {
+            writeln!(out, "http on {addr}").context("cannot write to stdout")?;
+            out.flush().context("cannot write to stdout")?;
+        }
     }
     crate::logging::release_logs();
     log::info!(
@@ -336,18 +458,25 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.client_ids.len()
     );
     exposure_notes(&config);
+    let http_handle = http.map(|(addr, server)| {
+        log::info!(
+            "http on {addr}: the web page at /, the protocol over WebSocket at /ws{}",
+            if config.tls.is_some() {
+                " (HTTPS/WSS)"
+            } else {
+                ""
+            }
+        );
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        handle
+    });
 
-    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut refusals = RefusalLog::default();
-    let mut next = 0usize;
-    let session_config = config.session.clone();
-    let accept_registry = registry.clone();
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     accept_loop(
         listener,
         |stream| {
-            let Some(slot) = ConnectionSlot::take(&open, max_connections) else {
-                refusals.refused(max_connections);
+            let Some(slot) = dispatch.slot() else {
                 actix_rt::spawn(refuse(stream, tls.clone()));
                 return;
             };
@@ -358,12 +487,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                     return;
                 }
             };
-            let registry = accept_registry.clone();
-            let config = session_config.clone();
-            let worker = &workers[next % workers.len()];
-            next = next.wrapping_add(1);
+            let registry = dispatch.registry.clone();
+            let config = dispatch.session.clone();
             let tls = tls.clone();
-            worker.spawn(serve(std_stream, tls, registry, config, slot));
+            dispatch
+                .worker()
+                .spawn(serve(std_stream, tls, registry, config, slot));
         },
         crate::cli::shutdown_signal(),
     )
@@ -372,6 +501,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {
         log::error!("registry unreachable at shutdown: {e}");
+    }
+    if let Some(handle) = http_handle {
+        // Sessions have said BYE shutdown; their WebSockets close now.
+        handle.stop(true).await;
     }
     if let Some(wakeups) = wakeups {
         // Joining waits up to one poll of its thread: off the event loop.

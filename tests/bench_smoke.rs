@@ -49,6 +49,33 @@ fn fanout_counts_every_delivery() {
 }
 
 #[test]
+fn fanout_and_catchup_run_over_websocket() {
+    let (s, http) = Server::start_http(&["--memory", "--client-ids", &ids()]);
+    let r = bench(
+        http,
+        &[
+            "--transport",
+            "ws",
+            "fanout",
+            "--clients",
+            "4",
+            "--messages",
+            "50",
+            "--window",
+            "8",
+        ],
+    );
+    assert_eq!(r["transport"], "ws");
+    assert_eq!(r["sends"], 200);
+    assert_eq!(r["deliveries"], 4 * 3 * 50);
+    drop(s);
+    // catchup wants ids with nothing pending: a fresh server.
+    let (_s, http) = Server::start_http(&["--memory", "--client-ids", &ids()]);
+    let r = bench(http, &["--transport", "ws", "catchup", "--messages", "100"]);
+    assert_eq!(r["workload"], "catchup");
+}
+
+#[test]
 fn servers_deal_clients_over_the_nodes_and_count_cross_node_deliveries() {
     // Two entries for one server (two names of loopback): two nodes as far
     // as the load generator can tell.

@@ -1,4 +1,5 @@
-//! One session per TCP connection: reads and decodes the client's frames,
+//! One session per connection (TCP, TLS or WebSocket, all behind
+//! [`Connection`]): reads and decodes the client's frames,
 //! forwards them to the registry, and writes back what the registry sends.
 //!
 //! Reading and writing are each one future at a time, spawned in the
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
 use super::answers::{Answers, Owed};
@@ -29,7 +29,7 @@ use super::messages::{
     Ack, Credit, Disconnect, InputEnded, Login, Publish, SaveAck, SessionId, ToSession,
 };
 use super::registry::Registry;
-use crate::net::transport::{Connection, Reader, Writer, SMALL_READ};
+use crate::net::transport::{Connection, Input, Reader, TransportKind, Writer, SMALL_READ};
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
 use crate::types::{ClientId, Seq};
 
@@ -125,6 +125,7 @@ impl LoginState {
 pub struct Session {
     id: SessionId,
     peer: Option<SocketAddr>,
+    kind: TransportKind,
     registry: Addr<Registry>,
     config: SessionConfig,
     login: LoginState,
@@ -183,10 +184,12 @@ impl Session {
             reader,
             writer,
             peer,
+            kind,
         } = conn;
         Session {
             id: SessionId::next(),
             peer,
+            kind,
             registry,
             codec: ServerCodec::new(config.max_frame_bytes),
             config,
@@ -311,11 +314,17 @@ impl Session {
             act.reader = Some(reader);
             act.read_buf = buf;
             match res {
-                Ok(0) => {
+                Ok(Input::Eof) => {
                     act.eof = true;
                     act.start_read(ctx);
                 }
-                Ok(n) => {
+                Ok(Input::Refused(e)) => {
+                    act.last_input = std::time::Instant::now();
+                    act.handle_item(Err(e), ctx);
+                    act.flush(ctx);
+                    act.start_read(ctx);
+                }
+                Ok(Input::Bytes(n)) => {
                     act.last_input = std::time::Instant::now();
                     // Grow the next read while reads fill the buffer; start
                     // small again once the client pauses.
@@ -606,7 +615,7 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        log::info!("connection from {}", self.peer());
+        log::info!("connection from {} ({})", self.peer(), self.kind.label());
         if let Some(t) = self.config.login_timeout {
             ctx.run_later(t, |act, ctx| act.login_deadline(ctx));
         }

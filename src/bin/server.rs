@@ -113,9 +113,25 @@ struct Args {
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     idle_timeout: u64,
 
+    /// Serve the web chat page at / and the protocol over WebSocket at /ws
+    /// on this address (port 0: the OS picks; printed as `http on …`).
+    /// HTTPS/WSS with --tls-cert/--tls-key.
+    #[arg(long, value_name = "IP:PORT")]
+    http_bind: Option<std::net::SocketAddr>,
+
+    /// Origins (`https://chat.example:8443`, comma separated) whose pages
+    /// may open /ws besides the server's own; other sites' pages get 403.
+    #[arg(long, value_name = "ORIGIN,...", value_delimiter = ',', value_parser = parse_origin, requires = "http_bind")]
+    http_allowed_origins: Vec<herald::net::http::origin::Origin>,
+
     /// Longest accepted frame in bytes, newline excluded.
     #[arg(long, default_value_t = herald::net::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     max_frame_bytes: u64,
+}
+
+/// An origin for --http-allowed-origins.
+fn parse_origin(s: &str) -> Result<herald::net::http::origin::Origin, String> {
+    herald::net::http::origin::Origin::parse(s.trim())
 }
 
 /// Seconds from the command line; 0 means no limit.
@@ -368,6 +384,10 @@ fn main() -> ExitCode {
         client_ids,
         secrets,
         tls,
+        http: args.http_bind.map(|bind| herald::net::http::HttpConfig {
+            bind,
+            allowed_origins: args.http_allowed_origins,
+        }),
         storage,
         registry: herald::actors::RegistryConfig {
             retain: args.retain,

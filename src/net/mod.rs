@@ -1,15 +1,17 @@
 //! Bytes and frames: the wire protocol's typed frames, the [`Message`] with
-//! its `MSG` frame encoded once, the line codec, and the TCP listener that
-//! turns each accepted connection into a session.
+//! its `MSG` frame encoded once, the line codec, the TCP listener, and the
+//! HTTP listener whose WebSocket connections carry the same frames.
 
 pub mod certs;
 pub mod codec;
 pub mod frame;
+pub mod http;
 pub mod listener;
 pub mod message;
 pub mod pinned;
 pub mod tls;
 pub mod transport;
+pub mod ws;
 
 pub use codec::{ClientCodec, ServerCodec, DEFAULT_MAX_FRAME_BYTES};
 pub use frame::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerFrame, Tags};

@@ -1,17 +1,46 @@
-//! A connection's two byte streams, plain TCP or TLS, behind one interface:
-//! sessions read and write bytes without knowing which.
+//! A connection's two directions, over plain TCP, TLS or WebSocket, behind
+//! one interface: sessions read and write bytes of `\n`-terminated frames
+//! without knowing which transport carries them.
 
 use std::io;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, ReadHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::frame::FrameError;
+use super::ws::{WsRead, WsReader, WsWriter};
+
 /// Bytes read in one go through the stack before a buffer is involved.
 pub const SMALL_READ: usize = 4 * 1024;
+
+/// Which transport carries a connection (for logs and metrics labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+    /// WebSocket over plain HTTP.
+    Ws,
+    /// WebSocket over HTTPS.
+    Wss,
+}
+
+impl TransportKind {
+    /// The lower-case name: "tcp", "tls", "ws" or "wss".
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
+        }
+    }
+}
 
 /// The reading side of a connection.
 pub enum Reader {
@@ -19,6 +48,31 @@ pub enum Reader {
     Plain(PlainReader),
     /// TLS over TCP.
     Tls(ReadHalf<TlsStream<TcpStream>>),
+    /// WebSocket: whole frames, one per text message.
+    Ws(WsReader),
+}
+
+/// What one read produced.
+#[derive(Debug)]
+pub enum Input {
+    /// This many bytes were appended to the buffer.
+    Bytes(usize),
+    /// The transport refused a unit of input as a frame (a WebSocket
+    /// message that is binary, too long, or holds a newline): answer with
+    /// this error after every frame read before it.
+    Refused(FrameError),
+    /// The peer closed its sending side.
+    Eof,
+}
+
+impl Input {
+    fn from_len(n: usize) -> Input {
+        if n == 0 {
+            Input::Eof
+        } else {
+            Input::Bytes(n)
+        }
+    }
 }
 
 /// The reading side of a plain TCP connection; its first bytes are checked
@@ -51,8 +105,31 @@ pub fn leading_verb(first: &[u8]) -> Option<&str> {
         .flatten()
 }
 
-/// The writing side of a connection.
-pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+/// The writing side of a connection: takes bytes of `\n`-terminated frames.
+pub enum Writer {
+    /// A byte stream (TCP or TLS): bytes go out as they are.
+    Stream(Box<dyn AsyncWrite + Unpin + Send>),
+    /// WebSocket: each frame goes out as one text message.
+    Ws(WsWriter),
+}
+
+impl Writer {
+    /// Writes all of `buf`, a whole number of frames.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Stream(w) => w.write_all(buf).await,
+            Writer::Ws(w) => w.write_all(buf).await,
+        }
+    }
+
+    /// Ends the sending side (FIN, or a WebSocket close message).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Writer::Stream(w) => w.shutdown().await,
+            Writer::Ws(w) => w.shutdown().await,
+        }
+    }
+}
 
 /// An accepted connection, ready for a session.
 pub struct Connection {
@@ -62,6 +139,8 @@ pub struct Connection {
     pub writer: Writer,
     /// The peer, for logs and per-address limits.
     pub peer: Option<SocketAddr>,
+    /// The transport, for logs and metrics.
+    pub kind: TransportKind,
 }
 
 impl Connection {
@@ -76,8 +155,9 @@ impl Connection {
                 sniff: true,
                 peer,
             }),
-            writer: Box::new(writer),
+            writer: Writer::Stream(Box::new(writer)),
             peer,
+            kind: TransportKind::Tcp,
         }
     }
 
@@ -88,21 +168,42 @@ impl Connection {
         let (reader, writer) = tokio::io::split(stream);
         Connection {
             reader: Reader::Tls(reader),
-            writer: Box::new(writer),
+            writer: Writer::Stream(Box::new(writer)),
             peer,
+            kind: TransportKind::Tls,
+        }
+    }
+
+    /// An upgraded WebSocket (`secure`: over HTTPS).
+    pub fn ws(
+        reader: WsReader,
+        writer: WsWriter,
+        peer: Option<SocketAddr>,
+        secure: bool,
+    ) -> Connection {
+        Connection {
+            reader: Reader::Ws(reader),
+            writer: Writer::Ws(writer),
+            peer,
+            kind: if secure {
+                TransportKind::Wss
+            } else {
+                TransportKind::Ws
+            },
         }
     }
 }
 
 impl Reader {
-    /// Waits for input and appends what is there to `buf`; 0 means the peer
-    /// closed. `want` is how much room to make when input comes in a burst.
+    /// Waits for input and appends what is there to `buf`, or says the
+    /// peer closed or a unit of input was refused. `want` is how much room
+    /// to make when input comes in a burst.
     ///
     /// Over plain TCP it waits for readability before touching `buf` and
     /// reads short input through the stack, so an idle connection holds no
     /// buffer and a short frame costs an allocation of its own size. TLS
     /// keeps its own buffers, so it reads straight into `buf`.
-    pub async fn read_some(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    pub async fn read_some(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<Input> {
         match self {
             Reader::Plain(PlainReader {
                 half: r,
@@ -126,15 +227,15 @@ impl Reader {
                     }
                     Ok(n) if n < SMALL_READ => {
                         buf.extend_from_slice(&chunk[..n]);
-                        return Ok(n);
+                        return Ok(Input::from_len(n));
                     }
                     Ok(n) => {
                         // A burst: read on into a buffer of growing size.
                         buf.reserve(want);
                         buf.extend_from_slice(&chunk[..n]);
                         return match r.try_read_buf(buf) {
-                            Ok(m) => Ok(n + m),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+                            Ok(m) => Ok(Input::Bytes(n + m)),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Input::Bytes(n)),
                             Err(e) => Err(e),
                         };
                     }
@@ -142,8 +243,13 @@ impl Reader {
             },
             Reader::Tls(r) => {
                 buf.reserve(want.max(SMALL_READ));
-                r.read_buf(buf).await
+                r.read_buf(buf).await.map(Input::from_len)
             }
+            Reader::Ws(r) => Ok(match r.read(buf, want).await? {
+                WsRead::Bytes(n) => Input::Bytes(n),
+                WsRead::Refused(e) => Input::Refused(e),
+                WsRead::Eof => Input::Eof,
+            }),
         }
     }
 }

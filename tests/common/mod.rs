@@ -55,7 +55,35 @@ impl Server {
 
     /// Runs `cmd` (which must end up exec'ing the server) and waits for its
     /// `listening on` line.
-    pub fn spawn(mut cmd: Command) -> Server {
+    pub fn spawn(cmd: Command) -> Server {
+        Server::spawn_lines(cmd, 0).0
+    }
+
+    /// Starts `server` with `args` (plus `--bind 127.0.0.1 --port 0
+    /// --http-bind 127.0.0.1:0`) and waits for its `listening on` and
+    /// `http on` lines; returns the HTTP port too.
+    pub fn start_http(args: &[&str]) -> (Server, u16) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ]);
+        cmd.args(args);
+        let (server, lines) = Server::spawn_lines(cmd, 1);
+        let addr = lines[0]
+            .strip_prefix("http on 127.0.0.1:")
+            .unwrap_or_else(|| panic!("unexpected second line {:?}", lines[0]));
+        (server, addr.parse().unwrap())
+    }
+
+    /// [`Server::spawn`], then reads `more` further stdout lines and
+    /// returns them; the rest of stdout is then read and dropped by a
+    /// thread, so the server never writes to a closed pipe.
+    pub fn spawn_lines(mut cmd: Command, more: usize) -> (Server, Vec<String>) {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -65,9 +93,17 @@ impl Server {
             .expect("spawn server");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut line).expect("read listening line");
+        let mut lines = Vec::new();
+        for _ in 0..more {
+            let mut next = String::new();
+            stdout.read_line(&mut next).expect("read a start line");
+            lines.push(next.trim_end().to_owned());
+        }
+        if more > 0 {
+            std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        }
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -84,7 +120,7 @@ impl Server {
                 s.push('\n');
             }
         });
-        Server { child, port, log }
+        (Server { child, port, log }, lines)
     }
 
     pub async fn connect(&self) -> Conn {

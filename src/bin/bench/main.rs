@@ -19,11 +19,12 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[allow(dead_code)]
 #[path = "../client/servers.rs"]
 mod servers;
+mod transport;
 mod workloads;
 
 use servers::NodeList;
 use workloads as bench;
-use workloads::{CatchupOpts, LoadOpts, Nodes};
+use workloads::{Addr, CatchupOpts, LoadOpts, Nodes, Transport};
 
 /// Herald load generator: measures a running Herald server (it is not a
 /// server itself) over ordinary protocol connections.
@@ -57,6 +58,10 @@ struct Args {
     #[arg(long, value_name = "LIST", global = true, value_parser = servers::parse_list,
           conflicts_with_all = ["server_ip", "port"])]
     servers: Option<NodeList>,
+    /// How to connect: `tcp`, or `ws` for WebSocket at /ws of the port
+    /// the server was given with --http-bind (pass that port as --port).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp, global = true)]
+    transport: Transport,
     /// Print one JSON object per run instead of the human summary.
     #[arg(long, global = true)]
     json: bool,
@@ -170,9 +175,14 @@ fn emit(
 
 /// The nodes from the flags: --servers, else --server-ip and --port.
 fn nodes(args: &Args) -> anyhow::Result<Nodes> {
+    let addr = |host: &str, port| Addr {
+        host: host.to_owned(),
+        port,
+        transport: args.transport,
+    };
     let list = match &args.servers {
-        Some(list) => list.0.iter().map(|n| (n.host.clone(), n.port)).collect(),
-        None => vec![(args.server_ip.clone(), args.port)],
+        Some(list) => list.0.iter().map(|n| addr(&n.host, n.port)).collect(),
+        None => vec![addr(&args.server_ip, args.port)],
     };
     Nodes::new(list).context("--servers names no server")
 }
@@ -183,12 +193,16 @@ fn load_summary(name: &str, r: &bench::LoadReport) -> String {
     let o = &r.opts;
     let ms = |us: u64| us as f64 / 1000.0;
     let mut line = format!(
-        "{name}: {} clients x {} msgs of {} B, window {}: \
+        "{name}: {} clients x {} msgs of {} B, window {}, over {}: \
          {:.0} deliveries/s, {:.0} sends/s in {:.3} s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         o.clients,
         o.messages,
         o.size,
         o.window,
+        match r.transport {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        },
         r.deliveries_per_sec,
         r.sends_per_sec,
         r.seconds,

@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-/// Where one server is.
-pub type Addr = (String, u16);
+pub use crate::transport::{Addr, Transport};
+use crate::transport::{Reader, Writer};
 
 /// The servers a run spreads its clients over: the nodes of one broker (or
 /// one server, as a list of one). Client `i` of a workload connects to node
@@ -81,6 +78,8 @@ pub struct LoadReport {
     pub latency_us_max: u64,
     /// Nodes the clients were spread over (`--servers`; 1 for one server).
     pub nodes: usize,
+    /// How the clients connected.
+    pub transport: Transport,
     /// Deliveries whose receiver is on another node than their sender.
     pub cross_node_deliveries: u64,
     /// Those per second.
@@ -127,8 +126,8 @@ pub struct ConnectionsReport {
 }
 
 struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
 }
 
 async fn login(addr: &Addr, id: &str) -> anyhow::Result<(Conn, u64)> {
@@ -137,15 +136,11 @@ async fn login(addr: &Addr, id: &str) -> anyhow::Result<(Conn, u64)> {
 
 /// Logs in with a read buffer of `capacity` bytes (small for idle clients).
 async fn login_with_buffer(addr: &Addr, id: &str, capacity: usize) -> anyhow::Result<(Conn, u64)> {
-    let stream = TcpStream::connect((addr.0.as_str(), addr.1))
-        .await
-        .with_context(|| format!("cannot connect to {}:{}", addr.0, addr.1))?;
-    stream.set_nodelay(true)?;
-    let (r, mut w) = stream.into_split();
+    let (mut reader, mut w) = crate::transport::connect(addr, capacity).await?;
     w.write_all(format!("LOGIN {id}\n").as_bytes()).await?;
-    let mut reader = BufReader::with_capacity(capacity, r);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line).await?;
+    let line = String::from_utf8_lossy(&line);
     let pending = line
         .trim_end()
         .strip_prefix(&format!("WELCOME {id} "))
@@ -403,6 +398,7 @@ pub async fn load(nodes: &Nodes, opts: LoadOpts) -> anyhow::Result<LoadReport> {
     let cross_quantile = |q| (!cross.is_empty()).then(|| cross.value_at_quantile(q));
     Ok(LoadReport {
         opts,
+        transport: nodes.of(0).transport,
         seconds,
         sends,
         deliveries,
