@@ -342,7 +342,7 @@ fn lines_typed_while_the_server_is_away_are_sent_once_it_is_back() {
     ann.say("typed while the server was away");
     ann.wait_until(
         "the line shown as pending",
-        "document.querySelector('#log li.mine:last-child').dataset.state === 'pending'",
+        "[...document.querySelectorAll('#log li.mine')].pop().dataset.state === 'pending'",
     );
     ann.shot("offline-pending");
 
