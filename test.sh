@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check the project has: formatting, lints, unit and integration tests
-# (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh),
+# (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh, and
+# a headless Chromium for the web page, by scripts/ensure-chromium.sh),
 # the Docker image (built, its scenario tests run, a server container on a
 # volume stopped and restarted; see scripts/docker-test.sh), and the four
 # end-to-end scenarios over the real binaries.
@@ -15,6 +16,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== PostgreSQL 15 for tests/postgres.rs (installed with apt-get when missing)"
 scripts/ensure-postgres.sh
+echo "== Chromium for tests/browser.rs (installed with apt-get when missing)"
+scripts/ensure-chromium.sh
 echo "== cargo test"
 cargo test --locked
 echo "== docker (the image; the host's client is the debug one cargo test just built)"

@@ -361,3 +361,59 @@ fn lines_typed_while_the_server_is_away_are_sent_once_it_is_back() {
     ]));
     server.stop();
 }
+
+/// The README's pictures of the page (`docs/img/web-chat.png`, desktop,
+/// and `docs/img/web-chat-phone.png`), from a conversation between two
+/// pages and a terminal client: run by scripts/web-screenshots.sh, not by
+/// `cargo test`. `HERALD_SCREENSHOT_DIR` puts them elsewhere.
+#[test]
+#[ignore = "writes docs/img; run by scripts/web-screenshots.sh"]
+fn readme_screenshots() {
+    let Some(chrome) = Chrome::start("readme") else {
+        panic!("the README's screenshots need Chromium: scripts/ensure-chromium.sh");
+    };
+    let dir = std::env::var("HERALD_SCREENSHOT_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/img").to_owned());
+    std::fs::create_dir_all(&dir).expect("the screenshot directory");
+    let server = WebServer::start(&["--memory", "--client-ids", "maya,tom,priya"]);
+    let maya = chrome.person("maya");
+    let tom = chrome.person("tom");
+    maya.emulate(1200, 720, 1.0, false);
+    tom.emulate(390, 760, 2.0, true);
+    maya.open(&server.url()).join("maya");
+    tom.open(&server.url()).join("tom");
+    let mut priya = TcpClient::start(&server, "priya");
+
+    let script = [
+        ("maya", "Morning! Is the 2.4 release still on for today?"),
+        (
+            "tom",
+            "Yes, the build is green. I'm writing the release notes now.",
+        ),
+        ("priya", "I can run the smoke tests on staging after lunch."),
+        ("maya", "Great, thanks both."),
+        (
+            "tom",
+            "Draft is in the wiki under Releases / 2.4, comments welcome.",
+        ),
+        ("priya", "Smoke tests passed on staging. Ship it!"),
+        ("maya", "Shipping 2.4 now. Nice work, everyone."),
+    ];
+    let mut said = Vec::new();
+    for (from, text) in script {
+        match from {
+            "maya" => maya.say(text),
+            "tom" => tom.say(text),
+            _ => priya.say(text),
+        }
+        said.push(format!("{from}: {text}"));
+        maya.wait_lines(&said);
+        tom.wait_lines(&said);
+    }
+    maya.wait_until("maya's lines confirmed", CONFIRMED);
+    tom.wait_until("tom's lines confirmed", CONFIRMED);
+
+    maya.shot_to(&std::path::Path::new(&dir).join("web-chat.png"));
+    tom.shot_to(&std::path::Path::new(&dir).join("web-chat-phone.png"));
+    server.stop();
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use headless_chrome::protocol::cdp::Emulation;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 
@@ -258,13 +259,42 @@ impl Page<'_> {
     /// Saves a screenshot of the tab as the next step, and says where.
     pub fn shot(&self, label: &str) -> PathBuf {
         let path = self.chrome.shot_path(&format!("{}-{label}", self.name));
+        self.shot_to(&path);
+        path
+    }
+
+    /// Makes the tab's viewport `width` × `height` CSS pixels at `scale`
+    /// device pixels each, as a phone (`mobile`) or a desktop window.
+    pub fn emulate(&self, width: u32, height: u32, scale: f64, mobile: bool) -> &Self {
+        self.tab
+            .call_method(Emulation::SetDeviceMetricsOverride {
+                width,
+                height,
+                device_scale_factor: scale,
+                mobile,
+                scale: None,
+                screen_width: None,
+                screen_height: None,
+                position_x: None,
+                position_y: None,
+                dont_set_visible_size: None,
+                screen_orientation: None,
+                viewport: None,
+                display_feature: None,
+                device_posture: None,
+            })
+            .expect("set the viewport");
+        self
+    }
+
+    /// Saves a screenshot of the tab at `path`.
+    pub fn shot_to(&self, path: &std::path::Path) {
         let png = self
             .tab
             .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
             .expect("screenshot");
-        std::fs::write(&path, png).expect("write the screenshot");
+        std::fs::write(path, png).expect("write the screenshot");
         println!("screenshot: {}", path.display());
-        path
     }
 
     /// Reloads the tab (as the user pressing F5).
