@@ -2,7 +2,8 @@
 # Every check the project has: formatting, lints, unit and integration tests
 # (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh, and
 # a headless Chromium for the web page, by scripts/ensure-chromium.sh),
-# the Docker image (built, its scenario tests run, a server container on a
+# scripts/try-cluster.sh --check (two clients on two cluster nodes), the
+# Docker image (built, its scenario tests run, a server container on a
 # volume stopped and restarted; see scripts/docker-test.sh), and the four
 # end-to-end scenarios over the real binaries.
 # This is the README's test command and what CI runs. HERALD_SKIP_DOCKER=1
@@ -20,6 +21,8 @@ echo "== Chromium for tests/browser.rs (installed with apt-get when missing)"
 scripts/ensure-chromium.sh
 echo "== cargo test"
 cargo test --locked
+echo "== try-cluster --check (the debug binaries cargo test just built)"
+HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/try-cluster.sh --check
 echo "== docker (the image; the host's client is the debug one cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/docker-test.sh
 echo "== scenarios (the debug binaries cargo test just built)"

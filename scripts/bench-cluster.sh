@@ -35,7 +35,7 @@ CLIENTS=20
 MESSAGES=10000
 SETUPS=cluster,sqlite
 WORKLOADS=durable,fanout
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin} # also read by scripts/lib/private-pg.sh
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -73,15 +73,7 @@ BIN=$PWD/target/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench-cluster.XXXXXX")
 node_pids=()
-pg_started=
-# PostgreSQL refuses root: as root, its programs run as `postgres`.
-as_pg() {
-    if [ "$(id -u)" = 0 ]; then
-        setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
-    else
-        "$@"
-    fi
-}
+. scripts/lib/private-pg.sh
 stop_nodes() {
     local pid
     for pid in "${node_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -90,31 +82,16 @@ stop_nodes() {
 }
 cleanup() {
     stop_nodes
-    if [ -n "$pg_started" ]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1 || true
-    fi
+    pg_stop
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A free TCP port on loopback (the kernel's pick; PostgreSQL binds it next).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # --- PostgreSQL -------------------------------------------------------------
-mkdir -p "$work/pg/sock"
-if [ "$(id -u)" = 0 ]; then
-    chmod 0711 "$work" # postgres may pass through, not list
-    chown -R postgres:postgres "$work/pg"
-fi
-as_pg "$PG_BIN/initdb" -D "$work/pg/data" -A trust -U postgres -E UTF8 >"$work/pg/initdb.log" 2>&1 ||
-    { cat "$work/pg/initdb.log" >&2; exit 1; }
-pg_port=$(free_port)
-pg_opts="-p $pg_port -h 127.0.0.1 -k $work/pg/sock -c fsync=on -c synchronous_commit=on -c max_connections=200"
-as_pg "$PG_BIN/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -t 60 -o "$pg_opts" start >/dev/null ||
-    { cat "$work/pg/server.log" >&2; exit 1; }
-pg_started=1
-psql() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
+pg_start "$work/pg" -c fsync=on -c synchronous_commit=on -c max_connections=200
+pg_port=$PG_PORT
+psql() { pg_psql "$@"; }
 echo "PostgreSQL $(psql -d postgres -At -c 'SHOW server_version') on 127.0.0.1:$pg_port:" \
     "fsync=$(psql -d postgres -At -c 'SHOW fsync')," \
     "synchronous_commit=$(psql -d postgres -At -c 'SHOW synchronous_commit')"

@@ -7,14 +7,16 @@ use std::ffi::OsString;
 /// Rewrites the seed's one-dash spelling (`-client_ids`, `-port`,
 /// `-data_dir=x`) into the GNU spelling clap parses (`--client-ids`, …).
 ///
-/// Only names that are long flags of `cmd` are rewritten, so real short
-/// flags (`-h`) and values that start with a dash are left alone.
+/// Only names that are long flags of `cmd` or of its subcommands are
+/// rewritten, so real short flags (`-h`) and values that start with a dash
+/// are left alone.
 pub fn normalize_args<I>(args: I, cmd: &clap::Command) -> Vec<OsString>
 where
     I: IntoIterator<Item = OsString>,
 {
     let longs: Vec<String> = cmd
         .get_arguments()
+        .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()))
         .filter_map(|a| a.get_long().map(str::to_owned))
         .chain(["help".to_owned(), "version".to_owned()])
         .collect();

@@ -11,9 +11,11 @@
 )]
 
 pub mod actors;
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod store;

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub secrets: Option<crate::auth::Secrets>,
     /// When given, connections speak TLS (and the HTTP listener HTTPS).
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// When given, the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_bind: Option<SocketAddr>,
     /// When given, the web page and WebSocket listener.
     pub http: Option<HttpConfig>,
 }
@@ -307,16 +309,19 @@ fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
 }
 
 /// Starts the store actor, the secret verifier (with secrets) and the
-/// registry on an arbiter of its own; returns that arbiter and the registry.
+/// registry on an arbiter of its own; returns that arbiter, the registry
+/// and the store actor.
 fn start_registry(
     config: &ServerConfig,
     recovered: crate::store::Recovered,
     store: Box<dyn Store>,
-) -> (Arbiter, Addr<Registry>) {
+) -> (Arbiter, Addr<Registry>, Addr<StoreActor>) {
     let slot = std::sync::Mutex::new(Some(store));
+    let metrics = config.registry.metrics.clone();
     let store = SyncArbiter::start(1, move || {
-        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take()))
+        StoreActor::new(slot.lock().ok().and_then(|mut s| s.take())).with_metrics(metrics.clone())
     });
+    let store_actor = store.clone();
     let registry_arbiter = Arbiter::new();
     let registry_config = config.registry.clone();
     let ids = config.client_ids.clone();
@@ -332,7 +337,19 @@ fn start_registry(
             _ => registry,
         }
     });
-    (registry_arbiter, registry)
+    (registry_arbiter, registry, store_actor)
+}
+
+/// Binds the admin listener, when there is one, as a listener the admin
+/// server takes over.
+fn listen_admin(config: &ServerConfig) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = config.admin_bind else {
+        return Ok(None);
+    };
+    let listener = listen(addr)
+        .and_then(|l| l.into_std())
+        .with_context(|| format!("cannot listen for admin requests on {addr}"))?;
+    Ok(Some(listener))
 }
 
 /// With a PostgreSQL store, starts the thread that turns the other nodes'
@@ -388,13 +405,17 @@ async fn serve(
 /// Everything that can make a start fail (the port, the store, the
 /// open-file limit) is tried before that line; logs held back by
 /// [`crate::logging::init_held_logging`] are written only after it.
-pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.bind, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
     let local = listener
         .local_addr()
         .context("cannot read the bound address")?;
     let http_listener = listen_http(&config)?;
+    let admin_listener = listen_admin(&config)?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    config.registry.metrics = metrics.clone();
+    config.session.metrics = metrics.clone();
     // On a thread of its own: a database client blocks, and must never
     // block (or nest a runtime in) this event loop.
     let opened = std::thread::scope(|scope| {
@@ -416,7 +437,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         recovered.acks.len()
     );
 
-    let (registry_arbiter, registry) = start_registry(&config, recovered, store);
+    let (registry_arbiter, registry, store_actor) = start_registry(&config, recovered, store);
     let wakeups = start_listener(&config, &registry)?;
     let threads = match config.session_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -442,6 +463,21 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let accepting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr().context("cannot read the admin address")?;
+            let state = crate::admin::AdminState {
+                metrics,
+                store: store_actor,
+                accepting: accepting.clone(),
+            };
+            let server =
+                crate::admin::start(l, state).context("cannot start the admin listener")?;
+            Some((addr, server))
+        }
+        None => None,
+    };
 
     {
         let mut out = std::io::stdout().lock();
@@ -449,6 +485,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         out.flush().context("cannot write to stdout")?;
         if let Some((addr, _)) = &http {
             writeln!(out, "http on {addr}").context("cannot write to stdout")?;
+            out.flush().context("cannot write to stdout")?;
+        }
+        if let Some((addr, _)) = &admin {
+            writeln!(out, "admin on {addr}").context("cannot write to stdout")?;
             out.flush().context("cannot write to stdout")?;
         }
     }
@@ -471,8 +511,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         actix_rt::spawn(server);
         handle
     });
+    let admin_handle = admin.map(|(addr, server)| {
+        log::info!("admin on {addr}: /metrics, /healthz, /readyz (internal: never expose it)");
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        handle
+    });
 
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    accepting.store(true, std::sync::atomic::Ordering::Release);
     accept_loop(
         listener,
         |stream| {
@@ -498,12 +545,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     )
     .await;
 
+    accepting.store(false, std::sync::atomic::Ordering::Release);
     log::info!("shutting down: confirming pending messages and closing sessions");
     if let Err(e) = registry.send(Shutdown).await {
         log::error!("registry unreachable at shutdown: {e}");
     }
     if let Some(handle) = http_handle {
         // Sessions have said BYE shutdown; their WebSockets close now.
+        handle.stop(true).await;
+    }
+    if let Some(handle) = admin_handle {
         handle.stop(true).await;
     }
     if let Some(wakeups) = wakeups {

@@ -61,6 +61,8 @@ pub struct SessionConfig {
     /// A logged-in connection that sent nothing for this long is closed
     /// with `BYE idle`.
     pub idle_timeout: Option<Duration>,
+    /// The server's metrics, updated by every session.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Default for SessionConfig {
@@ -73,6 +75,7 @@ impl Default for SessionConfig {
             close_grace: Duration::from_secs(5),
             login_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(300)),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         }
     }
 }
@@ -151,6 +154,8 @@ pub struct Session {
     out: BytesMut,
     /// Bytes of `out` that are delivered `MSG` frames (credit to return).
     out_msg_bytes: usize,
+    /// `MSG` frames in `out` (counted as deliveries once written).
+    out_msgs: u64,
     /// The registry's credit window for this session (from `WELCOME`).
     window: usize,
     /// Delivered bytes the registry has not had back as credit yet, and of
@@ -170,6 +175,8 @@ pub struct Session {
     acked: Seq,
     /// When the client last sent anything.
     last_input: std::time::Instant,
+    /// Counted in the paused sessions gauge.
+    paused: bool,
     /// Counts this connection among the open ones while it lives.
     _counted: Option<ConnectionSlot>,
     /// Closing: no new frames are handled; once every owed answer is
@@ -204,6 +211,7 @@ impl Session {
             writer: Some(writer),
             out: BytesMut::new(),
             out_msg_bytes: 0,
+            out_msgs: 0,
             window: 0,
             unreturned: 0,
             written_unreturned: 0,
@@ -215,6 +223,7 @@ impl Session {
             acked: Seq::ZERO,
             closing: false,
             last_input: std::time::Instant::now(),
+            paused: false,
             _counted: None,
         }
     }
@@ -276,9 +285,22 @@ impl Session {
                     > self.config.max_queued_reply_bytes)
     }
 
+    /// Counts a pause that began or ended in the paused sessions gauge.
+    fn note_pause(&mut self) {
+        let paused = self.read_paused();
+        if paused != self.paused {
+            self.paused = paused;
+            match paused {
+                true => self.config.metrics.sessions_paused.inc(),
+                false => self.config.metrics.sessions_paused.dec(),
+            };
+        }
+    }
+
     /// Goes on reading: first the frames a pause left in `read_buf`, then
     /// the end of input if it came, then the socket.
     fn start_read(&mut self, ctx: &mut Context<Self>) {
+        self.note_pause();
         // A stopping session reads no more (a read would keep it alive).
         if self.reading || self.read_paused() || ctx.state().stopping() {
             return;
@@ -333,6 +355,7 @@ impl Session {
                     } else {
                         MIN_READ
                     };
+                    act.config.metrics.received_bytes.inc_by(n as u64);
                     act.decode_frames(ctx);
                     act.start_read(ctx);
                 }
@@ -530,6 +553,7 @@ impl Session {
         };
         let mut buf = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare));
         let credit = std::mem::take(&mut self.out_msg_bytes);
+        let (len, msgs) = (buf.len() as u64, std::mem::take(&mut self.out_msgs));
         self.writing = true;
         async move {
             let res = writer.write_all(&buf).await;
@@ -551,6 +575,8 @@ impl Session {
                 ctx.stop();
                 return;
             }
+            act.config.metrics.sent_bytes.inc_by(len);
+            act.config.metrics.deliveries.inc_by(msgs);
             act.written_unreturned += credit;
             // Hand written bytes back only once the registry's credit for
             // us is down to half the window: an idle broadcast then costs
@@ -623,11 +649,16 @@ impl Actor for Session {
             let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
             ctx.run_interval(every, move |act, ctx| act.idle_check(idle, ctx));
         }
+        self.config.metrics.connection_opened(self.kind);
         self.start_read(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         log::info!("connection from {} closed", self.peer());
+        self.config.metrics.connection_closed(self.kind);
+        if self.paused {
+            self.config.metrics.sessions_paused.dec();
+        }
         self.registry.do_send(Disconnect { session: self.id });
     }
 }
@@ -643,6 +674,7 @@ impl Handler<ToSession> for Session {
                 window,
             } => {
                 self.window = window;
+                self.config.metrics.logins.inc();
                 self.login = LoginState::In(id.clone());
                 self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
             }
@@ -653,6 +685,7 @@ impl Handler<ToSession> for Session {
                 for m in &messages {
                     self.out.extend_from_slice(m.frame());
                     self.out_msg_bytes += m.frame().len();
+                    self.out_msgs += 1;
                     self.unreturned += m.frame().len();
                 }
                 if let Some(last) = messages.last() {
@@ -667,6 +700,7 @@ impl Handler<ToSession> for Session {
             ToSession::SendRefused(e) => self.fill(Owed::Send, ServerFrame::Err(e), None),
             ToSession::LoginRefused(e, reason) => {
                 log::info!("{}: login refused: {e}", self.peer());
+                self.config.metrics.login_refused(reason);
                 // Nothing after the refused login will be answered.
                 self.answers.drop_after_login();
                 self.fill(

@@ -13,6 +13,9 @@ use herald::server::{ServerConfig, StorageConfig};
 use herald::store::SyncPolicy;
 use herald::ClientId;
 
+#[path = "server/inspect.rs"]
+mod inspect;
+
 /// When a `SEND` is confirmed relative to the disk.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SyncMode {
@@ -127,6 +130,12 @@ struct Args {
     /// Longest accepted frame in bytes, newline excluded.
     #[arg(long, default_value_t = herald::net::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     max_frame_bytes: u64,
+
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` over HTTP on
+    /// this address (IP:PORT, port 0 lets the OS pick). Internal: no
+    /// authentication, keep it on a private address (see docs/metrics.md).
+    #[arg(long, value_name = "IP:PORT")]
+    admin_bind: Option<std::net::SocketAddr>,
 }
 
 /// An origin for --http-allowed-origins.
@@ -160,6 +169,16 @@ enum Command {
         /// --host chat.example --host 127.0.0.1).
         #[arg(long = "host", value_name = "NAME", required = true)]
         hosts: Vec<String>,
+    },
+    /// Prints what a store holds (head, messages, each id's last ack and
+    /// backlog, remembered message ids, size, cluster sessions) without
+    /// writing to it; safe while a server runs on it.
+    Inspect {
+        #[command(flatten)]
+        source: inspect::Source,
+        /// One JSON object instead of text (see docs/storage.md).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -345,6 +364,10 @@ fn main() -> ExitCode {
             herald::logging::release_logs();
             return tls_init(&dir, &hosts);
         }
+        Some(Command::Inspect { source, json }) => {
+            herald::logging::release_logs();
+            return inspect::run(source, json);
+        }
         None => {}
     }
     let (client_ids, secrets) = match allow_list(args.client_ids, args.secrets_file.as_deref()) {
@@ -402,6 +425,7 @@ fn main() -> ExitCode {
         },
         max_connections: args.max_connections,
         session_threads: 0,
+        admin_bind: args.admin_bind,
     };
     match actix_rt::System::new().block_on(herald::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

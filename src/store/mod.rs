@@ -14,6 +14,7 @@ use actix::{Actor, Handler, Message as ActixMessage, SyncContext};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
+pub mod inspect;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
@@ -250,6 +251,13 @@ pub trait Store: Send + 'static {
 
     /// Makes everything written so far durable, before a clean stop.
     fn flush(&mut self) -> Result<(), StoreError>;
+
+    /// A cheap check that a commit could succeed now (for `/readyz`): a
+    /// round trip to the database, a small write to the disk. A store kept
+    /// in memory (this default) always can.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A wake-up through the database from another node (or this node's own
@@ -271,6 +279,7 @@ pub enum Wake {
 /// requests one at a time.
 pub struct StoreActor {
     store: Option<Box<dyn Store>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl StoreActor {
@@ -279,7 +288,16 @@ impl StoreActor {
     /// left to give (`None`): every request then fails instead of silently
     /// using an empty store.
     pub fn new(store: Option<Box<dyn Store>>) -> StoreActor {
-        StoreActor { store }
+        StoreActor {
+            store,
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        }
+    }
+
+    /// Counts commits (their time, size and messages) in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> StoreActor {
+        self.metrics = metrics;
+        self
     }
 
     fn store(&mut self) -> Result<&mut dyn Store, StoreError> {
@@ -440,7 +458,30 @@ pub struct Flush;
 impl Handler<Append> for StoreActor {
     type Result = Result<Vec<Appended>, StoreError>;
     fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
-        self.store()?.append(&msg.0)
+        let started = std::time::Instant::now();
+        let result = self.store()?.append(&msg.0);
+        let metrics = &self.metrics;
+        metrics.commit_done(msg.0.len(), started.elapsed().as_secs_f64());
+        if let Ok(appended) = &result {
+            let stored = appended
+                .iter()
+                .filter(|a| matches!(a, Appended::Stored(_)))
+                .count();
+            metrics.messages_stored.inc_by(stored as u64);
+        }
+        result
+    }
+}
+
+/// Check that a commit could succeed now; see [`Store::probe`].
+#[derive(ActixMessage)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Probe;
+
+impl Handler<Probe> for StoreActor {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        self.store()?.probe()
     }
 }
 

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+mod inspect;
+
 use super::{
     number_from, Appended, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError,
 };
@@ -490,6 +492,18 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
+    /// Rewrites one `meta` row (`probed_ms`, the time) in a transaction of
+    /// its own: it fails as a commit would (full disk, lost permissions, a
+    /// lock held elsewhere), and costs one page of the log.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('probed_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![crate::types::unix_ms_now().to_string()],
+        )?;
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -537,6 +551,30 @@ mod tests {
                 .unwrap(),
             1
         );
+    }
+
+    #[test]
+    fn the_probe_writes_and_fails_while_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        s.probe().unwrap();
+        let probed = |s: &SqliteStore| -> String {
+            s.conn
+                .query_row("SELECT value FROM meta WHERE key = 'probed_ms'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        let first = probed(&s);
+        assert!(first.parse::<u64>().unwrap() > 0);
+        // Another writer holds the database: the probe fails (after
+        // SQLite's busy wait) as a commit would.
+        let other = Connection::open(dir.path().join("herald.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(s.probe().is_err());
+        other.execute_batch("ROLLBACK").unwrap();
+        s.probe().unwrap();
+        assert!(probed(&s).parse::<u64>().unwrap() >= first.parse::<u64>().unwrap());
     }
 
     #[test]

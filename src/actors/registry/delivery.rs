@@ -45,7 +45,16 @@ fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) ->
             s.to.do_send(ToSession::Deliver(batch));
         }
     }
+    note_replayed(s);
     false
+}
+
+/// Ends a session's replay once it was pushed up to the head it was
+/// welcomed at.
+fn note_replayed(s: &mut Online) {
+    if s.replay.as_ref().is_some_and(|(upto, _)| s.cursor >= *upto) {
+        s.replay = None;
+    }
 }
 
 impl Handler<Credit> for Registry {
@@ -160,6 +169,9 @@ impl Registry {
             return;
         };
         s.welcomed = true;
+        if s.cursor < self.head {
+            s.replay = Some((self.head, self.config.metrics.replaying()));
+        }
         s.to.do_send(ToSession::Welcome {
             id: s.id.clone(),
             pending,

@@ -96,6 +96,7 @@ impl Registry {
             self.tail.clear();
         }
         self.head = m.seq();
+        self.config.metrics.head_seq.set(self.head.0 as i64);
         self.tail
             .push(m, self.config.tail_messages, self.config.tail_bytes);
     }
@@ -185,6 +186,7 @@ impl Registry {
         // tells.
         if upto.next() == first && self.head < upto && read_nothing {
             self.head = upto;
+            self.config.metrics.head_seq.set(self.head.0 as i64);
             self.tail.clear();
         }
         // The own messages that now follow the head (or are behind it

@@ -254,6 +254,7 @@ impl Registry {
             }
             return;
         }
+        self.config.metrics.auth_failures.inc();
         let n = verdict.failures;
         let gone = if queued.is_some() {
             ""
@@ -315,6 +316,7 @@ impl Registry {
                 welcomed: false,
                 reading: false,
                 epoch: 0,
+                replay: None,
             },
         );
         if self.shared {

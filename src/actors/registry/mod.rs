@@ -83,6 +83,8 @@ pub struct RegistryConfig {
     pub dedupe_keep: usize,
     /// …and every one from this long ago.
     pub dedupe_window: Duration,
+    /// The server's metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Default for RegistryConfig {
@@ -101,6 +103,7 @@ impl Default for RegistryConfig {
             retain: Retain::All,
             dedupe_keep: 10_000,
             dedupe_window: Duration::from_secs(24 * 3600),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         }
     }
 }
@@ -140,6 +143,9 @@ struct Online {
     /// Its login's claim in a cluster's store (0 on a single node): a
     /// claim with a higher epoch, on another node, replaces it.
     epoch: u64,
+    /// Until it has been pushed up to the head it was welcomed at: that
+    /// head, and its count in the replaying sessions gauge.
+    replay: Option<(Seq, crate::metrics::GaugeGuard)>,
 }
 
 /// The registry actor. Start it on an arbiter of its own.
@@ -214,6 +220,7 @@ impl Registry {
                 )
             })
             .collect();
+        config.metrics.head_seq.set(recovered.head.0 as i64);
         let now = unix_ms_now();
         let mut mids: HashMap<ClientId, MidWindow> = HashMap::new();
         for r in recovered.mids {

@@ -31,6 +31,7 @@ use schema::init_schema;
 
 mod batch;
 mod conn;
+mod inspect;
 mod listen;
 mod schema;
 
@@ -505,6 +506,15 @@ impl Store for PostgresStore {
             i64::try_from(policy.now_ms.saturating_sub(policy.max_age_ms)).unwrap_or(i64::MAX);
         self.run(|conn| {
             conn.execute(FORGET_MIDS, &[&keep, &before, &cap])?;
+            Ok(())
+        })
+    }
+
+    /// One round trip on the store's connection (reconnecting first when
+    /// it was lost and the backoff allows).
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.client().simple_query("SELECT 1")?;
             Ok(())
         })
     }
