@@ -323,6 +323,23 @@ fn a_page_taken_over_elsewhere_says_so() {
         "offline"
     );
     assert_eq!(laptop.lines(), shown(&[("bob", "first, to the laptop")]));
+
+    // "Reconnect here", from the keyboard, takes the id back.
+    laptop
+        .tab
+        .find_element("#notice-action")
+        .expect("the notice's button")
+        .focus()
+        .expect("focus");
+    laptop.tab.press_key("Enter").expect("press Enter");
+    laptop.wait_online();
+    phone.wait_until(
+        "the phone's notice",
+        "document.getElementById('notice').dataset.code === 'replaced'",
+    );
+    laptop.say("back on the laptop");
+    bob.expect("ann: back on the laptop");
+    laptop.shot("took-back");
     server.stop();
 }
 
