@@ -344,6 +344,57 @@ fn a_page_taken_over_elsewhere_says_so() {
 }
 
 #[test]
+fn a_full_server_is_said_in_words_and_the_page_gets_in_once_there_is_room() {
+    let Some(chrome) = Chrome::start("full") else {
+        return;
+    };
+    let server = WebServer::start(&[
+        "--memory",
+        "--client-ids",
+        "ann,bob",
+        "--max-connections",
+        "1",
+    ]);
+    let mut bob = TcpClient::start(&server, "bob");
+    bob.say("I hold the only place");
+    wait_until_full(server.tcp_port);
+    let ann = chrome.person("ann");
+    ann.open(&server.url()).sign_in("ann", "");
+    ann.wait_until(
+        "the page says the server is full",
+        "document.getElementById('notice').dataset.code === 'reconnecting' \
+         && document.getElementById('notice-text').textContent.startsWith('The server is full')",
+    );
+    ann.shot("server-full");
+    drop(bob);
+    ann.wait_online();
+    ann.wait_lines(&shown(&[("bob", "I hold the only place")]));
+    ann.shot("got-in");
+    server.stop();
+}
+
+/// Waits (bounded) until the server at `port` refuses a new connection
+/// with `ERR LIMIT`: a server that has room says nothing before `LOGIN`.
+fn wait_until_full(port: u16) {
+    use std::io::{BufRead, BufReader};
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("a read timeout");
+        let mut line = String::new();
+        if BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("ERR LIMIT") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never became full"
+        );
+    }
+}
+
+#[test]
 fn lines_typed_while_the_server_is_away_are_sent_once_it_is_back() {
     let Some(chrome) = Chrome::start("reconnect") else {
         return;
