@@ -145,8 +145,14 @@ async fn a_message_past_the_hard_cap_closes_with_1009() {
     let (_s, port) = http_server("w", &["--max-frame-bytes", "100"]);
     let mut w = ws::connect(port).await;
     assert_eq!(w.login("w").await, 0);
-    // The hard cap at a 100-byte limit is 100 + 1024 bytes.
-    w.send(&format!("SEND {}", "z".repeat(2000))).await;
+    // Far over the limit but under the hard cap (100 bytes + 1 MiB): an
+    // error, and the connection goes on.
+    w.send(&format!("SEND {}", "z".repeat(100_000))).await;
+    assert!(w.line().await.starts_with("ERR FRAME_TOO_LONG"));
+    w.send("PING past").await;
+    assert_eq!(w.line().await, "PONG past");
+    w.send(&format!("SEND {}", "z".repeat(1024 * 1024 + 200)))
+        .await;
     assert_eq!(w.expect_end().await, End::Close(Some(CloseCode::Size)));
 }
 
@@ -242,6 +248,33 @@ async fn origins_other_than_the_servers_own_or_listed_are_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(refusals(), 4, "{}", s.log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn on_loopback_a_page_under_a_rebound_dns_name_is_refused() {
+    // DNS rebinding: a site points its own name at 127.0.0.1, so its page's
+    // origin equals the Host the browser sends. Only addresses, localhost
+    // and listed names count as the server's own on a loopback listener.
+    let (_s, port) = http_server("a", &["--http-allowed-origins", "http://chat.example"]);
+    let evil = format!("evil.example:{port}");
+    match ws::try_connect_as(port, &evil, Some(&format!("http://{evil}"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a rebound name was upgraded"),
+    }
+    for (host, origin) in [
+        (
+            format!("localhost:{port}"),
+            format!("http://localhost:{port}"),
+        ),
+        ("chat.example".to_owned(), "http://chat.example".to_owned()),
+    ] {
+        let mut w = ws::try_connect_as(port, &host, Some(&origin))
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        w.send("PING").await;
+        assert_eq!(w.line().await, "PONG", "{origin}");
+    }
 }
 
 #[tokio::test]

@@ -461,8 +461,10 @@ impl Handler<Append> for StoreActor {
         let started = std::time::Instant::now();
         let result = self.store()?.append(&msg.0);
         let metrics = &self.metrics;
-        metrics.commit_done(msg.0.len(), started.elapsed().as_secs_f64());
+        // Only commits that happened: a failed batch is tried again and
+        // would be counted twice.
         if let Ok(appended) = &result {
+            metrics.commit_done(msg.0.len(), started.elapsed().as_secs_f64());
             let stored = appended
                 .iter()
                 .filter(|a| matches!(a, Appended::Stored(_)))

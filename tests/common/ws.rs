@@ -39,7 +39,18 @@ pub enum End {
 pub async fn try_connect(port: u16, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    handshake(Box::new(tcp), "ws", port, origin).await
+    handshake(Box::new(tcp), "ws", port, None, origin).await
+}
+
+/// Like [`try_connect`], with this `Host` header instead of
+/// `127.0.0.1:port` (as a browser sends a name that resolved to the server).
+pub async fn try_connect_as(
+    port: u16,
+    host: &str,
+    origin: Option<&str>,
+) -> Result<Ws, tungstenite::Error> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    handshake(Box::new(tcp), "ws", port, Some(host), origin).await
 }
 
 /// Opens `/ws` on `port`, without `Origin` (as a non-browser client).
@@ -54,7 +65,7 @@ pub async fn connect_tls(port: u16, ca_file: &str, origin: Option<&str>) -> Ws {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    handshake(Box::new(tls), "wss", port, origin)
+    handshake(Box::new(tls), "wss", port, None, origin)
         .await
         .expect("WebSocket handshake")
 }
@@ -63,11 +74,16 @@ async fn handshake(
     io: Box<dyn Io>,
     scheme: &str,
     port: u16,
+    host: Option<&str>,
     origin: Option<&str>,
 ) -> Result<Ws, tungstenite::Error> {
     let mut req = format!("{scheme}://127.0.0.1:{port}/ws")
         .into_client_request()
         .unwrap();
+    if let Some(h) = host {
+        req.headers_mut()
+            .insert("Host", HeaderValue::from_str(h).unwrap());
+    }
     if let Some(o) = origin {
         req.headers_mut()
             .insert("Origin", HeaderValue::from_str(o).unwrap());

@@ -40,12 +40,12 @@ fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) ->
             }
         }
         s.cursor = last;
+        note_replayed(s);
         if !batch.is_empty() {
             s.credit -= bytes;
             s.to.do_send(ToSession::Deliver(batch));
         }
     }
-    note_replayed(s);
     false
 }
 
@@ -136,6 +136,7 @@ impl Registry {
                     messages.into_iter().filter(|m| m.from() != &s.id).collect();
                 s.credit -= batch.iter().map(|m| m.frame().len() as i64).sum::<i64>();
                 s.cursor = last;
+                note_replayed(s);
                 if !batch.is_empty() {
                     s.to.do_send(ToSession::Deliver(batch));
                 }

@@ -42,6 +42,10 @@ pub struct Routes {
     pub idle_timeout: Option<Duration>,
     /// Whether the listener speaks HTTPS.
     pub secure: bool,
+    /// Whether a DNS name in `Host` counts as the server's own origin: not
+    /// on a loopback listener, which DNS rebinding would otherwise open to
+    /// any site (see [`origin::judge`]).
+    pub trust_host_names: bool,
 }
 
 /// Seconds a stopping HTTP server waits for its connections to end (their
@@ -109,6 +113,7 @@ async fn websocket(
         origin.as_deref(),
         text(header::HOST),
         routes.secure,
+        routes.trust_host_names,
         &routes.allowed_origins,
     );
     if verdict == Verdict::Foreign {

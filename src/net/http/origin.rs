@@ -101,12 +101,36 @@ pub enum Verdict {
     Foreign,
 }
 
+impl Origin {
+    /// Whether the host is an IP address or `localhost` (or a name under
+    /// it): names that DNS rebinding cannot point a foreign page at.
+    fn host_is_address(&self) -> bool {
+        let bare = self
+            .host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.host);
+        bare.parse::<std::net::IpAddr>().is_ok()
+            || self.host == "localhost"
+            || self.host.ends_with(".localhost")
+    }
+}
+
 /// Judges a request's `Origin` header against the server's own origin
 /// (from `host`, the `Host` header) and the allowed list.
+///
+/// A page's origin equal to the `Host` it was served under proves nothing
+/// when that host is a DNS name the page's site controls: DNS rebinding
+/// points `evil.example` at this server, and the browser then sends
+/// `Host: evil.example` with `Origin: http://evil.example`. So the `Host`
+/// counts as the server's own only when it is an IP address or
+/// `localhost`, or when `trust_names` (the listener is not on loopback,
+/// where it is reached by its public names); other names must be listed.
 pub fn judge(
     origin: Option<&str>,
     host: Option<&str>,
     secure: bool,
+    trust_names: bool,
     allowed: &[Origin],
 ) -> Verdict {
     let Some(origin) = origin else {
@@ -115,7 +139,9 @@ pub fn judge(
     let Ok(origin) = Origin::parse(origin) else {
         return Verdict::Foreign;
     };
-    let own = host.and_then(|h| Origin::own(secure, h).ok());
+    let own = host
+        .and_then(|h| Origin::own(secure, h).ok())
+        .filter(|own| trust_names || own.host_is_address());
     if own.as_ref() == Some(&origin) || allowed.contains(&origin) {
         Verdict::Allowed
     } else {
@@ -129,7 +155,7 @@ mod tests {
 
     #[test]
     fn the_servers_own_origin_is_allowed_and_another_port_or_scheme_is_not() {
-        let j = |o, h, s| judge(Some(o), Some(h), s, &[]);
+        let j = |o, h, s| judge(Some(o), Some(h), s, true, &[]);
         assert_eq!(
             j("http://127.0.0.1:8080", "127.0.0.1:8080", false),
             Verdict::Allowed
@@ -156,8 +182,45 @@ mod tests {
             Verdict::Foreign
         );
         assert_eq!(j("null", "chat.example", false), Verdict::Foreign);
-        assert_eq!(judge(Some("http://a"), None, false, &[]), Verdict::Foreign);
-        assert_eq!(judge(None, Some("a"), false, &[]), Verdict::NoOrigin);
+        assert_eq!(
+            judge(Some("http://a"), None, false, true, &[]),
+            Verdict::Foreign
+        );
+        assert_eq!(judge(None, Some("a"), false, false, &[]), Verdict::NoOrigin);
+    }
+
+    #[test]
+    fn on_loopback_a_host_name_is_own_only_when_it_is_an_address_or_listed() {
+        let j = |o, h| judge(Some(o), Some(h), false, false, &[]);
+        // DNS rebinding: the page's own name, pointed at this server.
+        assert_eq!(
+            j("http://evil.example:8080", "evil.example:8080"),
+            Verdict::Foreign
+        );
+        assert_eq!(
+            j("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            Verdict::Allowed
+        );
+        assert_eq!(j("http://[::1]:8080", "[::1]:8080"), Verdict::Allowed);
+        assert_eq!(
+            j("http://localhost:8080", "localhost:8080"),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            j("http://chat.localhost:8080", "chat.localhost:8080"),
+            Verdict::Allowed
+        );
+        let listed = [Origin::parse("http://chat.example:8080").unwrap()];
+        assert_eq!(
+            judge(
+                Some("http://chat.example:8080"),
+                Some("chat.example:8080"),
+                false,
+                false,
+                &listed
+            ),
+            Verdict::Allowed
+        );
     }
 
     #[test]
@@ -167,10 +230,17 @@ mod tests {
             Some("https://app.example:443"),
             Some("x:1"),
             false,
+            false,
             &allowed,
         );
         assert_eq!(v, Verdict::Allowed);
-        let v = judge(Some("http://app.example"), Some("x:1"), false, &allowed);
+        let v = judge(
+            Some("http://app.example"),
+            Some("x:1"),
+            false,
+            false,
+            &allowed,
+        );
         assert_eq!(v, Verdict::Foreign);
     }
 

@@ -28,11 +28,15 @@ use self::outbound::{Opcode, Outbound, OutboundBody};
 use super::frame::{ErrorCode, FrameError};
 
 /// Largest WebSocket message accepted at all, for a frame limit of `limit`
-/// bytes: twice the limit (at least the limit plus 1 KiB). Messages between
-/// the limit and this get `ERR FRAME_TOO_LONG` and the connection goes on;
-/// a bigger one closes the connection with status 1009 (message too big).
+/// bytes: twice the limit, and at least the limit plus 1 MiB. Messages
+/// between the limit and this get `ERR FRAME_TOO_LONG` and the connection
+/// goes on; a bigger one closes the connection with status 1009 (message
+/// too big). The WebSocket layer holds a message whole before it can be
+/// judged, so this is also the most one connection's input buffers.
 pub fn hard_cap(limit: usize) -> usize {
-    limit.saturating_mul(2).max(limit.saturating_add(1024))
+    limit
+        .saturating_mul(2)
+        .max(limit.saturating_add(1024 * 1024))
 }
 
 /// Bytes of accepted frames that may wait between the pump and the session
@@ -195,10 +199,7 @@ impl Pump {
                         Next::End(Some((CloseCode::Away, "no answer to ping".to_owned())))
                     } else {
                         pinged = true;
-                        match self.out.control(Opcode::Ping, b"").await {
-                            Ok(()) => Next::Go,
-                            Err(_) => Next::End(None),
-                        }
+                        self.control(Opcode::Ping, b"").await
                     }
                 }
                 () = self.tx.closed() => Next::End(None),
@@ -208,20 +209,40 @@ impl Pump {
             }
         };
         if let Some((code, why)) = close {
-            let _ = self.out.close(code.into(), &why).await;
+            // A peer that does not read gets no close message either.
+            let _ = tokio::time::timeout(self.ping_every, self.out.close(code.into(), &why)).await;
         }
         // Dropping the sender ends the session's input.
     }
 
+    /// Queues a ping or pong behind the session's messages. A peer that
+    /// leaves no room for it within a ping interval is not reading: it is
+    /// closed as one that does not answer pings. Gives up at once when the
+    /// session is gone.
+    async fn control(&self, op: Opcode, payload: &[u8]) -> Next {
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(self.ping_every, self.out.control(op, payload)) => sent,
+            () = self.tx.closed() => return Next::End(None),
+        };
+        match sent {
+            Ok(Ok(())) => Next::Go,
+            Ok(Err(_)) => Next::End(None),
+            Err(_) => {
+                self.fail("a WebSocket peer that does not read").await;
+                Next::End(Some((CloseCode::Away, "not reading".to_owned())))
+            }
+        }
+    }
+
     /// Tells the session the connection failed (it may be gone already).
+    /// Within a ping interval: a session that has stopped reading sees the
+    /// end of input instead, once the pump is gone.
     async fn fail(&self, why: &str) {
-        let _ = self
-            .tx
-            .send(Inbound::Failed(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                why.to_owned(),
-            )))
-            .await;
+        let failed = Inbound::Failed(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            why.to_owned(),
+        ));
+        let _ = tokio::time::timeout(self.ping_every, self.tx.send(failed)).await;
     }
 
     async fn on_message(
@@ -239,12 +260,7 @@ impl Pump {
                 ErrorCode::BadFrame,
                 "binary message: frames are text messages",
             ))),
-            AggregatedMessage::Ping(data) => {
-                return match self.out.control(Opcode::Pong, &data).await {
-                    Ok(()) => Next::Go,
-                    Err(_) => Next::End(None),
-                }
-            }
+            AggregatedMessage::Ping(data) => return self.control(Opcode::Pong, &data).await,
             AggregatedMessage::Pong(_) => None,
             AggregatedMessage::Close(_) => return Next::End(None),
         };

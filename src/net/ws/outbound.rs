@@ -63,6 +63,10 @@ pub(super) fn encode(op: Opcode, payload: &[u8], out: &mut BytesMut) {
 pub(super) struct Outbound {
     tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
+    /// The budget's size: a batch bigger than it (a stored message longer
+    /// than today's frame limit allows) waits for all of it instead of
+    /// for more than there will ever be.
+    total: u32,
     /// A close message went out: nothing may follow it.
     closed: Arc<AtomicBool>,
 }
@@ -75,9 +79,13 @@ pub struct OutboundBody {
 /// A channel of `budget` bytes.
 pub(super) fn channel(budget: usize) -> (Outbound, OutboundBody) {
     let (tx, rx) = mpsc::channel(BATCHES);
+    let total = u32::try_from(budget)
+        .unwrap_or(u32::MAX)
+        .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
     let out = Outbound {
         tx,
-        budget: Arc::new(Semaphore::new(budget)),
+        budget: Arc::new(Semaphore::new(total as usize)),
+        total,
         closed: Arc::new(AtomicBool::new(false)),
     };
     (out, OutboundBody { rx })
@@ -88,12 +96,16 @@ fn closed() -> std::io::Error {
 }
 
 impl Outbound {
-    /// Sends encoded messages, waiting for room in the budget.
+    /// Sends encoded messages, waiting for room in the budget (all of it
+    /// for a batch bigger than the budget, which then goes alone: the bound
+    /// is the larger of the budget and one batch).
     pub(super) async fn send(&self, bytes: Bytes) -> std::io::Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(closed());
         }
-        let need = u32::try_from(bytes.len()).map_err(|_| closed())?;
+        let need = u32::try_from(bytes.len())
+            .unwrap_or(u32::MAX)
+            .min(self.total);
         let permit = self
             .budget
             .clone()
@@ -182,6 +194,28 @@ impl WsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_core::Stream as _;
+
+    #[tokio::test]
+    async fn a_batch_bigger_than_the_budget_waits_for_all_of_it_not_forever() {
+        let (out, mut body) = channel(100);
+        out.send(Bytes::from(vec![b'x'; 60])).await.unwrap();
+        // 300 bytes can never fit in 100: it goes once the first batch is
+        // taken, alone.
+        let big = tokio::spawn({
+            let out = out.clone();
+            async move { out.send(Bytes::from(vec![b'y'; 300])).await }
+        });
+        let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx));
+        assert_eq!(first.await.unwrap().unwrap().len(), 60);
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), big).await;
+        assert!(
+            matches!(sent, Ok(Ok(Ok(())))),
+            "the big batch was never sent"
+        );
+        let second = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx));
+        assert_eq!(second.await.unwrap().unwrap().len(), 300);
+    }
 
     #[test]
     fn messages_are_encoded_with_the_three_length_forms() {
