@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check the project has: formatting, lints, unit and integration tests
-# (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh),
+# (with a private PostgreSQL 15, installed by scripts/ensure-postgres.sh, and
+# a headless Chromium for the web page, by scripts/ensure-chromium.sh),
 # scripts/try-cluster.sh --check (two clients on two cluster nodes), the
 # Debian package (scripts/package-test.sh: installed with dpkg, the unit's
 # ExecStart run by hand, purged), the
@@ -19,6 +20,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== PostgreSQL 15 for tests/postgres.rs (installed with apt-get when missing)"
 scripts/ensure-postgres.sh
+echo "== Chromium for tests/browser.rs (installed with apt-get when missing)"
+scripts/ensure-chromium.sh
 echo "== cargo test"
 cargo test --locked
 echo "== try-cluster --check (the debug binaries cargo test just built)"
