@@ -381,29 +381,27 @@ fn conflicting_settings_are_refused_wherever_they_come_from() {
         err.contains("herald.toml:2: key 'database-url' cannot be used with key 'sync' (line 3)"),
         "{err}"
     );
-    // A setting the file leaves out is no conflict: `memory = false`.
+    // A switch left off is no conflict: `memory = false` in the file, or
+    // HERALD_MEMORY=false in the environment.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
         "client-ids = [\"1\"]\nmemory = false\n",
     )
     .unwrap();
-    let (_s, lines) = Running::start(
-        &mut server_in(
-            dir.path(),
-            &[
-                "--config",
-                "c.toml",
-                "--data-dir",
-                "d",
-                "--bind",
-                "127.0.0.1",
-            ],
-            &[],
-        ),
-        1,
-    );
-    address(&lines[0], "listening on ");
+    for (data, env) in [("d", vec![]), ("e", vec![("HERALD_MEMORY", "false")])] {
+        let args = [
+            "--config",
+            "c.toml",
+            "--bind",
+            "127.0.0.1",
+            "--data-dir",
+            data,
+        ];
+        let (_s, lines) = Running::start(&mut server_in(dir.path(), &args, &env), 1);
+        address(&lines[0], "listening on ");
+        assert!(dir.path().join(data).join("herald.db").exists());
+    }
 }
 
 #[test]

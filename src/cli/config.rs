@@ -51,6 +51,7 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, config_id: &str) -> Result<ArgMa
         .ignore_errors(true)
         .try_get_matches_from(&argv)
         .map_err(Refusal::Clap)?;
+    let cmd = without_false_env_flags(cmd, &probe);
     let path = match probe.try_get_one::<PathBuf>(config_id) {
         Ok(Some(path)) if probe.subcommand_name().is_none() => path.clone(),
         _ => return cmd.try_get_matches_from(argv).map_err(Refusal::Clap),
@@ -94,6 +95,23 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, config_id: &str) -> Result<ArgMa
         };
         explain(e, &file.path, &origin)
     })
+}
+
+/// `cmd` without the environment variables of the switches they turn off
+/// (`HERALD_MEMORY=false`): clap would count such a switch as given, in
+/// conflict with the flags it excludes, though it leaves it off.
+fn without_false_env_flags(cmd: Command, probe: &ArgMatches) -> Command {
+    let off: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| matches!(a.get_action(), ArgAction::SetTrue))
+        .map(|a| a.get_id().as_str().to_owned())
+        .filter(|id| {
+            probe.value_source(id) == Some(ValueSource::EnvVariable)
+                && matches!(probe.try_get_one::<bool>(id), Ok(Some(false)))
+        })
+        .collect();
+    off.iter()
+        .fold(cmd, |cmd, id| cmd.mut_arg(id, |a| a.env(None)))
 }
 
 /// One argument for clap (`None`: a bare `--key`) and its line.
@@ -434,4 +452,76 @@ fn line_at(text: &str, offset: usize) -> usize {
         .filter(|b| **b == b'\n')
         .count()
         + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Arg;
+
+    fn cmd() -> Command {
+        with_env(
+            Command::new("t")
+                .arg(
+                    Arg::new("config")
+                        .long("config")
+                        .value_parser(clap::value_parser!(PathBuf)),
+                )
+                .arg(
+                    Arg::new("n")
+                        .long("n")
+                        .value_parser(clap::value_parser!(u16)),
+                )
+                .arg(
+                    Arg::new("ids")
+                        .long("ids")
+                        .value_delimiter(',')
+                        .action(ArgAction::Append),
+                )
+                .arg(Arg::new("on").long("on").action(ArgAction::SetTrue)),
+            "HERALD_TEST_CONFIG_",
+        )
+    }
+
+    fn from(text: &str) -> Result<ArgMatches, Refusal> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let argv = ["t", "--config", path.to_str().unwrap()].map(OsString::from);
+        parse(cmd(), argv.to_vec(), "config")
+    }
+
+    #[test]
+    fn toml_forms_become_the_flags_values() {
+        let m = from("n = 0x10\nids = [\"a\",\n \"b\"]\non = true\n").unwrap();
+        assert_eq!(m.get_one::<u16>("n"), Some(&16));
+        let ids: Vec<&String> = m.get_many("ids").unwrap().collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(m.get_flag("on"));
+        let m = from("ids = []\non = false\n").unwrap();
+        assert!(m.get_many::<String>("ids").is_none());
+        assert!(!m.get_flag("on"));
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
+        let usage = |text: &str| match from(text) {
+            Err(Refusal::Usage(msg)) => msg,
+            other => panic!("{other:?}"),
+        };
+        assert!(usage("\n\nn = 70000\n").contains("c.toml:3: key 'n': invalid value '70000'"));
+        assert!(usage("ids = [\"a\",\n 7]\n")
+            .contains("c.toml:2: key 'ids' must be an array of strings"));
+        assert!(usage("on = 1\n").contains("c.toml:1: key 'on' must be a boolean"));
+        assert!(usage("x = 1\n").contains("c.toml:1: unknown key 'x'"));
+    }
+
+    #[test]
+    fn lines_count_from_one() {
+        assert_eq!(line_at("a\nb\n", 0), 1);
+        assert_eq!(line_at("a\nb\n", 2), 2);
+        assert_eq!(line_at("a\nb\n", 99), 3);
+        assert_eq!(long_of("--data-dir <DATA_DIR>"), "data-dir");
+        assert_eq!(long_of("--memory"), "memory");
+    }
 }
