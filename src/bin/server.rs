@@ -39,9 +39,11 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// TOML file of settings: one key per flag, same names (see
-    /// dist/herald.toml). Flags and HERALD_* variables win over it. The
-    /// subcommands do not read it.
+    /// TOML file of settings, one key per flag with the flag's name
+    /// (`port = 5000`, `client-ids = ["1", "2"]`, `memory = true`; see
+    /// dist/herald.toml). Every flag also reads HERALD_<FLAG>; a flag wins
+    /// over its variable, which wins over the file. A missing or bad file is
+    /// a usage error (exit 2). The subcommands do not read it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
