@@ -116,11 +116,6 @@ fi
 # The unit's ExecStart, and --port 0 after it (flags win over the file).
 exec_start=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/herald.service)
 read -r -a argv <<<"$exec_start"
-if ! /usr/bin/herald-server --help | grep -q -- '--config'; then
-    # Until the server reads --config: the example file's settings as flags.
-    note "herald-server has no --config yet: its settings as flags instead"
-    argv=(/usr/bin/herald-server --client-ids 1,2,3 --bind 127.0.0.1 --data-dir /var/lib/herald)
-fi
 argv+=(--port 0)
 
 note "the stand-in notify socket"
@@ -178,6 +173,9 @@ kill -0 "$server" 2>/dev/null && fail "the server did not stop within ${WAIT_S}s
 status=0; wait "$server" || status=$?
 [ "$status" = 0 ] || fail "the server exited $status: $(cat "$tmp/stderr")"
 wait_grep '^STOPPING=1$' "$tmp/notified"
+# The conffile's data directory, relative to the unit's working directory.
+[ "$(stat -c %U /var/lib/herald/herald-data/herald.db 2>/dev/null)" = herald ] \
+    || fail "no /var/lib/herald/herald-data/herald.db owned by herald"
 
 trap - EXIT
 cleanup

@@ -1,8 +1,10 @@
 //! Process-level helpers shared by the binaries: argument spelling, stop
-//! signals, the open-file limit, and reading a secret from a terminal
-//! without echo.
+//! signals, the open-file limit, reading a secret from a terminal without
+//! echo, and settings from a config file and the environment ([`config`]).
 
 use std::ffi::OsString;
+
+pub mod config;
 
 /// Rewrites the seed's one-dash spelling (`-client_ids`, `-port`,
 /// `-data_dir=x`) into the GNU spelling clap parses (`--client-ids`, …).

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use herald::auth::Secrets;
 use herald::server::{ServerConfig, StorageConfig};
 use herald::store::SyncPolicy;
@@ -38,6 +38,14 @@ enum SyncMode {
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// TOML file of settings, one key per flag with the flag's name
+    /// (`port = 5000`, `client-ids = ["1", "2"]`, `memory = true`; see
+    /// dist/herald.toml). Every flag also reads HERALD_<FLAG>; a flag wins
+    /// over its variable, which wins over the file. A missing or bad file is
+    /// a usage error (exit 2). The subcommands do not read it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 
     /// Allowed client ids, comma separated (e.g. 1,2,3). With
     /// --secrets-file too, only ids in both are allowed.
@@ -332,6 +340,23 @@ fn allow_list(
     Ok((allowed, Some(secrets)))
 }
 
+/// The command line, over the environment (`HERALD_<FLAG>`), over the
+/// config file; clap's own errors exit here, the file's give status 2.
+fn parse_args() -> Result<Args, ExitCode> {
+    use herald::cli::config::{self, Refusal};
+    let cmd = config::with_env(Args::command(), "HERALD_");
+    let argv = herald::cli::normalize_args(std::env::args_os(), &cmd);
+    let matches = match config::parse(cmd, argv, "config") {
+        Ok(m) => m,
+        Err(Refusal::Clap(e)) => e.exit(),
+        Err(Refusal::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    Args::from_arg_matches(&matches).map_err(|e| e.exit())
+}
+
 fn parse_client_id(s: &str) -> Result<ClientId, String> {
     ClientId::new(s.trim()).map_err(|e| format!("'{s}': {e}"))
 }
@@ -356,8 +381,10 @@ fn main() -> ExitCode {
     // Logs wait until the server has started, so a failed start prints
     // only its one-line reason.
     herald::logging::init_held_logging();
-    let args = herald::cli::normalize_args(std::env::args_os(), &Args::command());
-    let args = Args::parse_from(args);
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     match args.command {
         Some(Command::HashSecret { client_id }) => {
             herald::logging::release_logs();
