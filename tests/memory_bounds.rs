@@ -6,67 +6,17 @@
 //! counted).
 
 mod common;
+#[path = "common/rss.rs"]
+mod rss;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rss::{rss_anon_kib, Sampler, MAX_RSS_ANON_KIB};
 
 use common::{parse_msg, Conn, Server, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// The bound these tests hold the server to (see docs/design.md).
-const MAX_RSS_ANON_KIB: u64 = 100 * 1024;
-
-/// The server's anonymous resident memory in KiB.
-fn rss_anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Samples a process's `RssAnon` every 10 ms on a thread of its own.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    max: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(AtomicU64::new(0));
-        let (s, m) = (stop.clone(), max.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                m.fetch_max(rss_anon_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Sampler {
-            stop,
-            max,
-            thread: Some(thread),
-        }
-    }
-
-    /// The highest sample so far.
-    fn max_kib(&self) -> u64 {
-        self.max.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// The text of message `i`: its number, then padding up to `size` bytes.
 fn text(i: usize, size: usize) -> String {

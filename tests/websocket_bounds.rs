@@ -5,69 +5,18 @@
 //! client reads every message, in order.
 
 mod common;
+#[path = "common/rss.rs"]
+mod rss;
 #[path = "common/ws.rs"]
 mod ws;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rss::{rss_anon_kib, Sampler, MAX_RSS_ANON_KIB};
 
 use common::{parse_msg, Conn, Server, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-/// What the TCP memory tests allow (docs/design.md). About 58 MiB were
-/// measured, most of it the SQLite page cache and the in-memory tail; a
-/// server that buffered the 100 MB for the stalled reader would be well
-/// over it.
-const MAX_RSS_ANON_KIB: u64 = 100 * 1024;
-
-fn rss_anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Samples `RssAnon` every 10 ms until dropped; keeps the highest.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    max: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(AtomicU64::new(0));
-        let (s, m) = (stop.clone(), max.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                m.fetch_max(rss_anon_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Sampler {
-            stop,
-            max,
-            thread: Some(thread),
-        }
-    }
-
-    fn max_kib(&self) -> u64 {
-        self.max.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 const MESSAGES: usize = 100_000;
 const SIZE: usize = 1000;
