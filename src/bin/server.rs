@@ -44,7 +44,9 @@ struct Args {
     /// (`port = 5000`, `client-ids = ["1", "2"]`, `memory = true`; see
     /// dist/herald.toml). Every flag also reads HERALD_<FLAG>; a flag wins
     /// over its variable, which wins over the file. A missing or bad file is
-    /// a usage error (exit 2). The subcommands do not read it.
+    /// a usage error (exit 2). The subcommands do not read it. SIGHUP reads
+    /// it again, with the secrets and TLS files: the allow-list, secrets and
+    /// certificate change without a restart (see README, "Operating Herald").
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -54,7 +56,7 @@ struct Args {
     client_ids: Vec<ClientId>,
 
     /// One `id:argon2id-hash` line per client id (see `server hash-secret`);
-    /// every LOGIN must then carry its id's secret.
+    /// every LOGIN must then carry its id's secret. Read again on SIGHUP.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
 
@@ -98,6 +100,7 @@ struct Args {
     retain: herald::actors::Retain,
 
     /// PEM certificate chain: connections then speak TLS (with --tls-key).
+    /// Read again with the key on SIGHUP, for new connections.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
