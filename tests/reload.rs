@@ -4,6 +4,8 @@
 //! restart applies is named in the log.
 
 mod common;
+#[path = "common/ws.rs"]
+mod ws;
 
 use std::time::{Duration, Instant};
 
@@ -331,4 +333,69 @@ async fn a_change_that_needs_a_restart_is_logged_as_such() {
     assert!(!restart[0].contains("client-ids"), "{restart:?}");
     // What can be reloaded was: 2 is allowed now.
     s.login("2").await;
+}
+
+#[tokio::test]
+async fn https_gets_the_new_certificate_too_and_an_old_wss_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["127.0.0.1"];
+    let (ca_a, cert_a, key_a) = common::make_certs_for(dir.path(), "a", &names);
+    let (ca_b, cert_b, key_b) = common::make_certs_for(dir.path(), "b", &names);
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let (s, port) = Server::start_http(&[
+        "--memory",
+        "--client-ids",
+        "1,2",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let origin = format!("https://127.0.0.1:{port}");
+    let mut old = ws::connect_tls(port, &ca_a, Some(&origin)).await;
+    assert_eq!(old.login("1").await, 0);
+
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    hangup(&s, 1);
+    assert!(
+        tls_connect(port, &ca_a).await.is_err(),
+        "HTTPS still serves the old certificate"
+    );
+    let mut new = ws::connect_tls(port, &ca_b, Some(&origin)).await;
+    assert_eq!(new.login("2").await, 0);
+    old.send("SEND over the old wss").await;
+    assert_eq!(old.line().await, "SENT 1");
+    assert!(new.line().await.ends_with(" 1 over the old wss"));
+}
+
+#[tokio::test]
+async fn switching_secrets_on_needs_a_restart_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, file) = with_config(
+        dir.path(),
+        "memory = true\nclient-ids = [\"1\", \"2\"]\n",
+        &[],
+    );
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{}\n", common::hash_line("1", "one"))).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "memory = true\nclient-ids = [\"1\"]\nsecrets-file = {:?}\n",
+            secrets.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let lines = hangup(&s, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("reload refused") && lines[0].contains("secrets-file"),
+        "{lines:?}"
+    );
+    // Still no secrets asked, and 2 still allowed.
+    s.login("2").await;
+    s.login("1").await;
 }
