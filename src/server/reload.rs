@@ -211,3 +211,53 @@ pub(super) fn watch_hangups(live: Option<Live>) {
     #[cfg(not(unix))]
     drop(live);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 5000,
+            client_ids: Vec::new(),
+            storage: StorageConfig::Memory,
+            registry: Default::default(),
+            session: Default::default(),
+            session_threads: 0,
+            max_connections: 10,
+            secrets: None,
+            tls: None,
+            admin_bind: None,
+            http: None,
+            reload: None,
+        }
+    }
+
+    #[test]
+    fn only_settings_a_restart_applies_are_named() {
+        let running = config();
+        let mut new = config();
+        new.client_ids = vec![crate::types::ClientId::new("7").unwrap()];
+        // Another registry (its node name and metrics differ) is no change.
+        new.registry = Default::default();
+        assert!(restart_only_changes(&running, &new).is_empty());
+        new.port = 5001;
+        new.max_connections = 11;
+        new.session.idle_timeout = None;
+        new.storage = StorageConfig::Postgres {
+            url: "postgres://u:pw@h/db".into(),
+        };
+        let changed = restart_only_changes(&running, &new);
+        assert_eq!(
+            changed,
+            [
+                "port",
+                "memory/data-dir/database-url (the kind of store)",
+                "idle-timeout",
+                "max-connections"
+            ]
+        );
+        assert!(!changed.join(" ").contains("pw"));
+    }
+}
