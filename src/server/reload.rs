@@ -112,14 +112,8 @@ impl Live {
         let read = tokio::task::spawn_blocking(move || (reloader.0)()).await;
         let new = match read {
             Ok(Ok(new)) => new,
-            Ok(Err(e)) => {
-                log::error!("SIGHUP: reload failed, still running with the old settings: {e}");
-                return;
-            }
-            Err(e) => {
-                log::error!("SIGHUP: reload failed, still running with the old settings: {e}");
-                return;
-            }
+            Ok(Err(e)) => return failed(&e),
+            Err(e) => return failed(&e.to_string()),
         };
         let switched = switched(&self.running, &new);
         if !switched.is_empty() {
@@ -185,6 +179,11 @@ impl Live {
         }
         parts.join("; ")
     }
+}
+
+/// The one line of a reload that changed nothing because of `why`.
+fn failed(why: &str) {
+    log::error!("SIGHUP: reload failed, still running with the old settings: {why}");
 }
 
 /// Reloads on every SIGHUP until the process ends. Without a reloader,
