@@ -399,3 +399,16 @@ async fn switching_secrets_on_needs_a_restart_and_changes_nothing() {
     s.login("2").await;
     s.login("1").await;
 }
+
+#[tokio::test]
+async fn a_sighup_right_after_the_listening_line_reloads_and_does_not_end_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = with_config(dir.path(), "memory = true\nclient-ids = [\"1\"]\n", &[]);
+    // Server::start returned on the `listening on` line: signal at once.
+    let lines = hangup(&s, 1);
+    assert!(
+        lines.iter().any(|l| l.contains("SIGHUP: reloaded")),
+        "{lines:?}"
+    );
+    s.login("1").await;
+}

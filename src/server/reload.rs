@@ -187,26 +187,31 @@ fn failed(why: &str) {
 }
 
 /// Reloads on every SIGHUP until the process ends. Without a reloader,
-/// a SIGHUP changes nothing and says so.
+/// a SIGHUP changes nothing and says so. The signal is caught from this
+/// call on (before the start lines are printed), not from the task's start.
 pub(super) fn watch_hangups(live: Option<Live>) {
     #[cfg(unix)]
-    actix_rt::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                log::warn!("cannot watch SIGHUP ({e}); a SIGHUP will end the process");
+                return;
+            }
+        };
         let mut live = live;
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                while hangups.recv().await.is_some() {
-                    match live.as_mut() {
-                        Some(live) => live.reload().await,
-                        None => log::warn!(
-                            "SIGHUP: this server was started without settings to read again; nothing changed"
-                        ),
-                    }
+        actix_rt::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match live.as_mut() {
+                    Some(live) => live.reload().await,
+                    None => log::warn!(
+                        "SIGHUP: this server was started without settings to read again; nothing changed"
+                    ),
                 }
             }
-            Err(e) => log::warn!("cannot watch SIGHUP ({e}); a SIGHUP will end the process"),
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     drop(live);
 }
