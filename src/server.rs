@@ -1,6 +1,7 @@
 //! Wiring of a running broker: opens the store, starts the store actor, the
 //! registry and the session arbiters, listens (TCP, and HTTP/WebSocket when
-//! asked), and shuts down in order on SIGINT/SIGTERM.
+//! asked), reloads its settings on SIGHUP (see [`reload`]), and shuts down
+//! in order on SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 mod admission;
+pub mod reload;
 mod web;
 
 use self::admission::{connection_budget, Dispatch};
@@ -62,11 +64,13 @@ pub struct ServerConfig {
     /// When given, every `LOGIN` must carry its id's secret.
     pub secrets: Option<crate::auth::Secrets>,
     /// When given, connections speak TLS (and the HTTP listener HTTPS).
-    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub tls: Option<crate::net::tls::ServerTls>,
     /// When given, the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin_bind: Option<SocketAddr>,
     /// When given, the web page and WebSocket listener.
     pub http: Option<HttpConfig>,
+    /// When given, SIGHUP reads the settings again through it.
+    pub reload: Option<reload::Reloader>,
 }
 
 fn open_store(config: &StorageConfig) -> anyhow::Result<Box<dyn Store>> {
@@ -168,26 +172,6 @@ fn start_listener(
     Ok(Some(listener))
 }
 
-/// SIGHUP (what `systemctl reload` sends) would end the process by default.
-/// Settings are not reloaded yet: each SIGHUP is one warn line saying so,
-/// and the broker serves on unchanged.
-fn watch_hangups() {
-    #[cfg(unix)]
-    actix_rt::spawn(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                while hangups.recv().await.is_some() {
-                    log::warn!(
-                        "SIGHUP: this version does not reload its settings; nothing changed (restart the server to apply new settings)"
-                    );
-                }
-            }
-            Err(e) => log::warn!("cannot watch SIGHUP ({e}); a SIGHUP will end the process"),
-        }
-    });
-}
-
 /// Prints the start lines on stdout (`listening on …` first), each flushed
 /// at once: scripts wait for them.
 fn announce(lines: &[String]) -> anyhow::Result<()> {
@@ -261,7 +245,12 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     };
     let web = web.build(&config, dispatch.clone(), threads, admin)?;
 
-    watch_hangups();
+    reload::watch_hangups(config.reload.clone().map(|reloader| reload::Live {
+        running: config.clone(),
+        reloader,
+        registry: registry.clone(),
+        cert: config.tls.as_ref().map(|t| t.cert.clone()),
+    }));
     let lines: Vec<String> = std::iter::once(format!("listening on {local}"))
         .chain(web.announcements())
         .collect();
@@ -274,7 +263,10 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     exposure_notes(&config);
     let web = web.run(config.tls.is_some());
 
-    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     accepting.store(true, std::sync::atomic::Ordering::Release);
     // The addresses, as the stdout lines say them, for `systemctl status`.
     crate::notify::ready(&lines.join(", "));

@@ -53,6 +53,9 @@ pub enum ToSession {
     LoginRefused(FrameError, ByeReason),
     /// Say `BYE` and close.
     Bye(ByeReason),
+    /// A logged-in session must end (its id was removed from the
+    /// allow-list): write the error, say `BYE`, close.
+    Ended(FrameError, ByeReason),
 }
 
 /// A session asks to log in as `id`.

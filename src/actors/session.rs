@@ -711,6 +711,15 @@ impl Handler<ToSession> for Session {
                 self.drop_owed_answers();
                 self.begin_close(ctx);
             }
+            ToSession::Ended(e, reason) => {
+                log::info!("{}: {e}; closing", self.peer());
+                self.drop_owed_answers();
+                if !self.write_closed {
+                    ServerFrame::Err(e).encode(&mut self.out);
+                    ServerFrame::Bye { reason }.encode(&mut self.out);
+                }
+                self.begin_close(ctx);
+            }
             ToSession::Bye(reason) => {
                 self.drop_owed_answers();
                 if !self.write_closed {

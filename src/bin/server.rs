@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use herald::auth::Secrets;
+use herald::server::reload::Reloader;
 use herald::server::{ServerConfig, StorageConfig};
 use herald::store::SyncPolicy;
 use herald::ClientId;
@@ -43,7 +44,9 @@ struct Args {
     /// (`port = 5000`, `client-ids = ["1", "2"]`, `memory = true`; see
     /// dist/herald.toml). Every flag also reads HERALD_<FLAG>; a flag wins
     /// over its variable, which wins over the file. A missing or bad file is
-    /// a usage error (exit 2). The subcommands do not read it.
+    /// a usage error (exit 2). The subcommands do not read it. SIGHUP reads
+    /// it again, with the secrets and TLS files: the allow-list, secrets and
+    /// certificate change without a restart (see README, "Operating Herald").
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -53,7 +56,7 @@ struct Args {
     client_ids: Vec<ClientId>,
 
     /// One `id:argon2id-hash` line per client id (see `server hash-secret`);
-    /// every LOGIN must then carry its id's secret.
+    /// every LOGIN must then carry its id's secret. Read again on SIGHUP.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
 
@@ -97,6 +100,7 @@ struct Args {
     retain: herald::actors::Retain,
 
     /// PEM certificate chain: connections then speak TLS (with --tls-key).
+    /// Read again with the key on SIGHUP, for new connections.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
@@ -400,22 +404,48 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let (client_ids, secrets) = match allow_list(args.client_ids, args.secrets_file.as_deref()) {
-        Ok(v) => v,
+    let config = match settings(args) {
+        Ok(config) => ServerConfig {
+            reload: Some(Reloader::new(read_again)),
+            ..config
+        },
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
+    match actix_rt::System::new().block_on(herald::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGHUP: the settings again, from the same command line and environment
+/// and the config file as it is now; an error is one line.
+fn read_again() -> Result<ServerConfig, String> {
+    use herald::cli::config::{self, Refusal};
+    let cmd = config::with_env(Args::command(), "HERALD_");
+    let argv = herald::cli::normalize_args(std::env::args_os(), &cmd);
+    let matches = config::parse(cmd, argv, "config").map_err(|r| match r {
+        Refusal::Clap(e) => config::one_line(&e),
+        Refusal::Usage(msg) => msg,
+    })?;
+    let args = Args::from_arg_matches(&matches).map_err(|e| config::one_line(&e))?;
+    settings(args)
+}
+
+/// The broker's settings from the parsed arguments: reads the secrets file
+/// and the TLS files; an error is one line (exit status 1 at start).
+fn settings(args: Args) -> Result<ServerConfig, String> {
+    let (client_ids, secrets) = allow_list(args.client_ids, args.secrets_file.as_deref())?;
 
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => match herald::net::tls::server_config(cert, key) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        },
+        (Some(cert), Some(key)) => {
+            Some(herald::net::tls::server_config(cert, key).map_err(|e| e.to_string())?)
+        }
         _ => None,
     };
     let storage = if let Some(url) = args.database_url {
@@ -431,7 +461,7 @@ fn main() -> ExitCode {
             },
         }
     };
-    let config = ServerConfig {
+    Ok(ServerConfig {
         bind: args.bind,
         port: args.port,
         client_ids,
@@ -456,12 +486,6 @@ fn main() -> ExitCode {
         max_connections: args.max_connections,
         session_threads: 0,
         admin_bind: args.admin_bind,
-    };
-    match actix_rt::System::new().block_on(herald::server::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+        reload: None,
+    })
 }

@@ -101,6 +101,14 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, config_id: &str) -> Result<ArgMa
     })
 }
 
+/// A clap error as one line, without its `error: ` prefix and usage
+/// notes: for a log line.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    line.trim_start_matches("error: ").trim().to_owned()
+}
+
 /// `cmd` without the environment variables of the switches they turn off
 /// (`HERALD_MEMORY=false`): clap would count such a switch as given, in
 /// conflict with the flags it excludes, though it leaves it off.

@@ -3,11 +3,13 @@
 //! self-signed certificate in the CA file is trusted as it is).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 
 use super::pinned::PinningVerifier;
@@ -64,21 +66,80 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-/// The server's TLS configuration from a PEM certificate chain and key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// A certificate chain and its private key, read from PEM files and checked
+/// to belong together.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = certs("certificate file", cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| file_error("key file", key)(e.to_string()))?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| TlsError::Mismatch {
+    let certified =
+        CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Mismatch {
             cert: cert.display().to_string(),
             key: key.display().to_string(),
             reason: e.to_string(),
         })?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(certified))
+}
+
+/// The server's certificate, swappable while the server runs: every
+/// handshake reads the current one, so a new certificate serves new
+/// connections and established ones keep the one they were made with.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// Serves `key` until [`ServerCert::replace`].
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<ServerCert> {
+        Arc::new(ServerCert {
+            current: RwLock::new(key),
+        })
+    }
+
+    /// Serves `key` to every handshake from now on.
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        // A poisoned lock still holds a whole `Arc`: replace it all the same.
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = key;
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The server's TLS: one configuration for every listener (TCP and HTTPS),
+/// whose certificate can be replaced without rebinding anything.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The rustls configuration; its certificate comes from `cert`.
+    pub config: Arc<ServerConfig>,
+    /// The certificate every new handshake gets.
+    pub cert: Arc<ServerCert>,
+}
+
+/// The server's TLS from a PEM certificate chain and key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+    let cert = ServerCert::new(certified_key(cert, key)?);
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    Ok(ServerTls {
+        config: Arc::new(config),
+        cert,
+    })
 }
 
 /// A client configuration that trusts what `ca_file` holds: its

@@ -147,7 +147,8 @@ fn start_http(
             .as_ref()
             .is_some_and(|h| !h.bind.ip().is_loopback()),
     };
-    crate::net::http::serve(listener, config.tls.as_deref(), routes, threads)
+    let tls = config.tls.as_ref().map(|t| &*t.config);
+    crate::net::http::serve(listener, tls, routes, threads)
         .context("cannot start the HTTP listener")
 }
 

@@ -51,15 +51,17 @@ pub(super) fn refuse_during_shutdown(to: &Recipient<ToSession>) {
     ));
 }
 
+/// The error for `id`, which is not on the allow-list.
+pub(super) fn unknown_client_error(id: &ClientId) -> FrameError {
+    FrameError::new(
+        ErrorCode::UnknownClient,
+        format!("client id {id} is not allowed"),
+    )
+}
+
 /// The refusal of a login as `id`, which is not on the allow-list.
 fn unknown_client(id: &ClientId) -> ToSession {
-    ToSession::LoginRefused(
-        FrameError::new(
-            ErrorCode::UnknownClient,
-            format!("client id {id} is not allowed"),
-        ),
-        ByeReason::UnknownClient,
-    )
+    ToSession::LoginRefused(unknown_client_error(id), ByeReason::UnknownClient)
 }
 
 impl Handler<Login> for Registry {

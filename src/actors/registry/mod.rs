@@ -26,6 +26,7 @@
 //! This file holds the state they share.
 
 mod acks;
+mod allow;
 mod commit;
 mod delivery;
 mod follow;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+pub use self::allow::{AllowChanged, Reconfigure};
 use self::commit::PendingSend;
 use self::login::{Auth, FAILURE_SWEEP_INTERVAL};
 use super::dedupe::MidWindow;
@@ -153,6 +155,9 @@ pub struct Registry {
     config: RegistryConfig,
     store: Addr<StoreActor>,
     users: HashMap<ClientId, User>,
+    /// Ids once allowed (in the store's cursors or removed by a reload),
+    /// kept so that allowing one again continues from its last ack.
+    retired: HashMap<ClientId, User>,
     sessions: HashMap<SessionId, Online>,
     /// Highest committed seq with every one below it known: the end of
     /// the commit stream followed so far (see `follow.rs`).
@@ -206,19 +211,23 @@ impl Registry {
         recovered: Recovered,
         store: Addr<StoreActor>,
     ) -> Registry {
-        let users = allowed
+        let user = |last_ack: Seq| User {
+            last_ack,
+            saved_ack: last_ack,
+            online: None,
+        };
+        let users: HashMap<ClientId, User> = allowed
             .into_iter()
             .map(|id| {
                 let last_ack = recovered.acks.get(&id).copied().unwrap_or(Seq::ZERO);
-                (
-                    id,
-                    User {
-                        last_ack,
-                        saved_ack: last_ack,
-                        online: None,
-                    },
-                )
+                (id, user(last_ack))
             })
+            .collect();
+        let retired = recovered
+            .acks
+            .iter()
+            .filter(|(id, _)| !users.contains_key(*id))
+            .map(|(id, ack)| (id.clone(), user(*ack)))
             .collect();
         config.metrics.head_seq.set(recovered.head.0 as i64);
         let now = unix_ms_now();
@@ -238,6 +247,7 @@ impl Registry {
             config,
             store,
             users,
+            retired,
             sessions: HashMap::new(),
             head: recovered.head,
             shared: recovered.shared,
