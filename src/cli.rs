@@ -183,23 +183,44 @@ pub fn block_on_current_thread<F: std::future::Future>(fut: F) -> std::io::Resul
     Ok(out)
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled, so a signal
+/// that comes between the two (e.g. right after a server printed its
+/// `listening on` line) is not a kill by the default action. Call it
+/// inside a Tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-                return;
+                (int, term) => {
+                    if let Err(e) = term.as_ref() {
+                        log::warn!("cannot watch SIGTERM ({e}); only SIGINT stops this process");
+                    }
+                    if let Ok(mut term) = term {
+                        term.recv().await;
+                    } else if let Ok(mut int) = int {
+                        int.recv().await;
+                    } else {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
             }
-            Err(e) => log::warn!("cannot watch SIGTERM ({e}); only SIGINT stops this process"),
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]

@@ -245,6 +245,9 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     };
     let web = web.build(&config, dispatch.clone(), threads, admin)?;
 
+    // Installed before the first stdout line: a signal sent as soon as a
+    // script reads it must stop the server cleanly, not by default action.
+    let stop = crate::cli::shutdown_signal();
     reload::watch_hangups(config.reload.clone().map(|reloader| reload::Live {
         running: config.clone(),
         reloader,
@@ -273,7 +276,7 @@ pub async fn run(mut config: ServerConfig) -> anyhow::Result<()> {
     accept_loop(
         listener,
         |stream| dispatch.accept_tcp(stream, tls.as_ref()),
-        crate::cli::shutdown_signal(),
+        stop,
     )
     .await;
 

@@ -17,7 +17,6 @@ use common::{parse_msg, Conn, Server, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-
 /// The text of message `i`: its number, then padding up to `size` bytes.
 fn text(i: usize, size: usize) -> String {
     let head = format!("{i:08}-");

@@ -10,13 +10,12 @@ mod rss;
 #[path = "common/ws.rs"]
 mod ws;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rss::{rss_anon_kib, Sampler, MAX_RSS_ANON_KIB};
+use rss::{Sampler, MAX_RSS_ANON_KIB};
 
 use common::{parse_msg, Conn, Server, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
 
 const MESSAGES: usize = 100_000;
 const SIZE: usize = 1000;
