@@ -93,6 +93,16 @@ pub(super) struct Pruning {
 }
 
 impl Pruning {
+    /// Everything up to here is pruned from the store.
+    pub(super) fn pruned(&self) -> Seq {
+        self.pruned
+    }
+
+    /// Records that everything up to `upto` is pruned.
+    pub(super) fn advance(&mut self, upto: Seq) {
+        self.pruned = self.pruned.max(upto);
+    }
+
     /// The prune to ask the store for, if it could delete anything or a
     /// warning about what holds it back is due.
     pub(super) fn next(&self, b: &PruneBounds, limit: Seq) -> Option<Prune> {

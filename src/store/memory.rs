@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{number_from, Appended, MidPolicy, NewMessage, Recovered, Store, StoreError};
+use super::{number_from, Appended, Limits, MidPolicy, NewMessage, Recovered, Store, StoreError};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
@@ -117,6 +117,22 @@ impl Store for MemoryStore {
         self.log.drain(..n);
         self.pruned_upto = self.pruned_upto.max(upto);
         Ok(n as u64)
+    }
+
+    fn limit_cut(&mut self, limits: &Limits) -> Result<Seq, StoreError> {
+        let total: u64 = self.log.iter().map(|m| m.text().len() as u64).sum();
+        let mut over = limits.max_bytes.map_or(0, |max| total.saturating_sub(max));
+        let mut cut = Seq::ZERO;
+        // Never the newest message: the head stays stored.
+        let candidates = self.log.len().saturating_sub(1);
+        for m in self.log.iter().take(candidates.min(limits.batch as usize)) {
+            if over == 0 && !limits.too_old(m.unix_ms()) {
+                break;
+            }
+            over = over.saturating_sub(m.text().len() as u64);
+            cut = m.seq();
+        }
+        Ok(cut)
     }
 
     fn forget_mids(

@@ -151,7 +151,16 @@ fn read(conn: &Connection, version: i64, dir: &Path) -> Result<Report, StoreErro
             1 => Vec::new(),
             _ => pairs("SELECT client_id, count(*) FROM mids GROUP BY client_id")?,
         },
-    );
+    )
+    .with_losses(match version {
+        // Versions before 3 recorded no losses.
+        1 | 2 => Vec::new(),
+        _ => {
+            let mut stmt = conn.prepare("SELECT client_id, lost, lost_upto FROM losses")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        }
+    });
     let mids = tallies.mids_total();
     let mut count =
         conn.prepare("SELECT count(*) FROM messages WHERE seq > ?1 AND sender != ?2")?;
