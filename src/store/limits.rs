@@ -14,7 +14,7 @@ use super::{Store, StoreActor, StoreError};
 use crate::types::{ClientId, Seq};
 
 /// What the limits allow to be kept, measured now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Messages stored more than this long ago (by their stored unix ms)
     /// are pruned.
@@ -27,6 +27,8 @@ pub struct Limits {
     /// At most this many messages past what is pruned already in one
     /// prune, so a huge prune does not stall commits.
     pub batch: u64,
+    /// Never cut past this seq (what online sessions still wait for).
+    pub upto: Seq,
 }
 
 impl Limits {

@@ -539,9 +539,13 @@ impl Store for SqliteStore {
         // rows: the prefix that is too old or over the size.
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, unix_ms, length(CAST(text AS BLOB)) FROM messages
-             WHERE seq < ?1 ORDER BY seq LIMIT ?2",
+             WHERE seq < ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let mut rows = stmt.query(params![head.0 as i64, limits.batch.max(1) as i64])?;
+        let mut rows = stmt.query(params![
+            head.0 as i64,
+            limits.upto.0.min(i64::MAX as u64) as i64,
+            limits.batch.max(1) as i64
+        ])?;
         let mut cut = Seq::ZERO;
         while let Some(row) = rows.next()? {
             let seq = Seq(row.get::<_, i64>(0)?.max(0) as u64);
@@ -687,6 +691,7 @@ mod tests {
             max_bytes: bytes,
             now_ms: 1010,
             batch: 100,
+            upto: Seq(u64::MAX),
         };
         assert_eq!(s.limit_cut(&limits(None, None)).unwrap(), Seq::ZERO);
         // Older than 1007 ms: 1001..=1002.
@@ -701,6 +706,10 @@ mod tests {
         let mut small = limits(Some(1), None);
         small.batch = 2;
         assert_eq!(s.limit_cut(&small).unwrap(), Seq(2));
+        // Never past what online sessions wait for.
+        let mut capped = limits(Some(1), None);
+        capped.upto = Seq(3);
+        assert_eq!(s.limit_cut(&capped).unwrap(), Seq(3));
         // Pruning and appending keep the measured size.
         s.prune(Seq(3)).unwrap();
         assert_eq!(s.limit_cut(&limits(None, Some(15))).unwrap(), Seq(4));

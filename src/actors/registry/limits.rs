@@ -38,7 +38,9 @@ impl Registry {
     /// Asks the store how far the limits want the log pruned, then prunes
     /// that far (see the module docs) and goes on with the `--retain` prune.
     pub(super) fn limit_prune(&mut self, ctx: &mut Context<Self>) {
+        let floor = self.sessions.values().map(|s| s.cursor).min();
         let limits = Limits {
+            upto: floor.unwrap_or(Seq(u64::MAX)),
             max_age_ms: self.config.retain_max_age.map(|d| d.as_millis() as u64),
             max_bytes: self.config.retain_max_bytes,
             now_ms: crate::types::unix_ms_now(),
