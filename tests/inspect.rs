@@ -341,7 +341,7 @@ async fn a_live_postgresql_cluster_shows_its_figures_and_sessions() {
     });
     assert!(!rep.to_string().contains("pw-hidden"));
     assert_eq!(rep["store"], "postgresql");
-    assert_eq!(rep["schema_version"], 2);
+    assert_eq!(rep["schema_version"], 3);
     assert_eq!(
         (rep["head"].as_u64(), rep["messages"].as_u64()),
         (Some(6), Some(6))

@@ -17,7 +17,8 @@ use common::{assert_one_line_failure, failed_start, Server};
 use herald::net::Message;
 use herald::store::postgres::Listener;
 use herald::store::{
-    Appended, LoginClaim, MidPolicy, MidRecord, NewMessage, PostgresStore, Store, StoreError, Wake,
+    Appended, Limits, LoginClaim, MidPolicy, MidRecord, NewMessage, PostgresStore, Store,
+    StoreError, Wake,
 };
 use herald::types::{ClientId, Seq};
 use pg::PgServer;
@@ -178,6 +179,61 @@ fn pruning_keeps_the_numbering() {
     let mut s = PostgresStore::open(&url).unwrap();
     assert_eq!(s.recover().unwrap().head, Seq(3));
     assert_eq!(append(&mut s, "a", &["w"]), [4]);
+}
+
+#[test]
+fn a_limit_prune_by_two_nodes_charges_each_id_once_and_keeps_the_newest() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let (mut a, mut b) = (
+        PostgresStore::open(&url).unwrap(),
+        PostgresStore::open(&url).unwrap(),
+    );
+    // Stored at unix ms 1001..=1003 (1000 + the text's length).
+    append(&mut a, "w", &["1", "22", "333"]);
+    let limits = |age: u64| Limits {
+        max_age_ms: Some(age),
+        max_bytes: None,
+        now_ms: 2000,
+        batch: 100,
+        upto: Seq(u64::MAX),
+    };
+    // Older than 1001: none; than 1002: seq 1; than 1003: 1 and 2; all
+    // three old: never the newest.
+    assert_eq!(a.limit_cut(&limits(999)).unwrap(), Seq(0));
+    assert_eq!(a.limit_cut(&limits(998)).unwrap(), Seq(1));
+    assert_eq!(a.limit_cut(&limits(997)).unwrap(), Seq(2));
+    assert_eq!(b.limit_cut(&limits(1)).unwrap(), Seq(2));
+    a.save_acks(&[(id("r"), Seq(1))]).unwrap();
+    // Node b knows no ack of r (0); the stored 1 counts.
+    let acks = [(id("r"), Seq(0)), (id("w"), Seq(0)), (id("idle"), Seq(0))];
+    let first = a.limit_prune(Seq(2), &acks).unwrap();
+    assert_eq!(first.deleted, 2);
+    let lost: Vec<(String, u64, u64)> = first
+        .losses
+        .iter()
+        .map(|l| (l.client.to_string(), l.after.0, l.lost))
+        .collect();
+    assert_eq!(lost, [("r".into(), 1, 1), ("idle".into(), 0, 2)]);
+    // The other node, a moment later, finds it done: nobody is charged twice.
+    let second = b.limit_prune(Seq(2), &acks).unwrap();
+    assert_eq!((second.deleted, second.losses.len()), (0, 0));
+    let mut q = psql(&url);
+    let rows: Vec<(String, i64, i64)> = q
+        .query(
+            "SELECT client_id, lost, lost_upto FROM losses ORDER BY client_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows, [("idle".into(), 2, 2), ("r".into(), 1, 2)]);
+    let r = b.recover().unwrap();
+    assert_eq!(r.acks.get(&id("idle")), Some(&Seq(2)));
+    assert_eq!(r.acks.get(&id("w")), Some(&Seq(2)));
+    assert_eq!(all(&mut b), vec![msg(3, "w", "333")]);
+    assert_eq!(append(&mut b, "w", &["4"]), [4]);
 }
 
 #[test]
@@ -656,7 +712,7 @@ fn a_version_1_database_is_upgraded_at_start_and_keeps_its_data() {
     )
     .unwrap();
     let mut s = PostgresStore::open(&url).unwrap();
-    assert_eq!(schema_version(&url), 2);
+    assert_eq!(schema_version(&url), 3);
     let r = s.recover().unwrap();
     assert_eq!((r.head, r.acks.get(&id("r"))), (Seq(2), Some(&Seq(1))));
     assert_eq!(r.mids, vec![mid("w", "m1", 1, "one")]);
@@ -665,9 +721,9 @@ fn a_version_1_database_is_upgraded_at_start_and_keeps_its_data() {
     let view = s.login(&claim("r", "n", 0, 0)).unwrap();
     assert_eq!((view.epoch, view.last_ack, view.backlog), (1, Seq(1), 1));
     assert_eq!(append(&mut s, "w", &["three"]), [3]);
-    // Opening again finds version 2 and changes nothing.
+    // Opening again finds version 3 and changes nothing.
     drop(PostgresStore::open(&url).unwrap());
-    assert_eq!(schema_version(&url), 2);
+    assert_eq!(schema_version(&url), 3);
 }
 
 #[test]

@@ -98,9 +98,8 @@ struct Args {
 
     /// Prune messages stored more than SECS seconds ago, even those an id
     /// never received (each such id is named in the log and `inspect`
-    /// shows its loss). Off by default; not with --database-url.
-    #[arg(long, value_name = "SECS", conflicts_with = "database_url",
-          value_parser = clap::value_parser!(u64).range(1..))]
+    /// shows its loss). Off by default.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     retain_max_age: Option<u64>,
 
     /// Prune the oldest messages while the stored text of all messages is

@@ -93,15 +93,15 @@ pub struct LimitPruned {
 impl Handler<LimitPrune> for StoreActor {
     type Result = Result<LimitPruned, StoreError>;
     fn handle(&mut self, msg: LimitPrune, _: &mut Self::Context) -> Self::Result {
-        limit_prune(self.store()?, msg.upto, &msg.acks)
+        self.store()?.limit_prune(msg.upto, &msg.acks)
     }
 }
 
 /// Records the losses, moves the acks and deletes up to `upto`, in that
 /// order: a crash in between leaves acks moved (so the losses are not
 /// counted twice) and messages that the next prune deletes.
-pub fn limit_prune(
-    store: &mut dyn Store,
+pub fn limit_prune<S: Store + ?Sized>(
+    store: &mut S,
     upto: Seq,
     acks: &[(ClientId, Seq)],
 ) -> Result<LimitPruned, StoreError> {

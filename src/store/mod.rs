@@ -270,6 +270,18 @@ pub trait Store: Send + 'static {
         self.save_acks(&acks)
     }
 
+    /// Prunes up to `upto` for a retention limit, charging each id of
+    /// `acks` below it with what it loses (see [`limits::limit_prune`],
+    /// this default). A store shared by nodes does it in one transaction,
+    /// so two nodes pruning the same range charge nobody twice.
+    fn limit_prune(
+        &mut self,
+        upto: Seq,
+        acks: &[(ClientId, Seq)],
+    ) -> Result<LimitPruned, StoreError> {
+        limits::limit_prune(self, upto, acks)
+    }
+
     /// Makes everything written so far durable, before a clean stop.
     fn flush(&mut self) -> Result<(), StoreError>;
 
