@@ -880,6 +880,7 @@ fn the_database_url_conflicts_with_the_other_stores() {
         &["--data-dir", "/tmp/x"][..],
         &["--memory"][..],
         &["--sync", "none"][..],
+        &["--retain-max-bytes", "1000"][..],
     ] {
         let mut args = vec!["--client-ids", "1", "--database-url", url];
         args.extend_from_slice(extra);
@@ -916,6 +917,65 @@ fn a_database_from_a_newer_herald_is_refused_with_one_line() {
         &[],
     );
     assert_one_line_failure(&out, "newer Herald");
+}
+
+#[tokio::test]
+async fn an_age_limit_prunes_a_shared_log_and_a_returning_id_gets_what_is_kept() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let start = || {
+        Server::start(&[
+            "--client-ids",
+            "w,r,idle",
+            "--database-url",
+            &url,
+            "--retain-max-age",
+            "1",
+        ])
+    };
+    let (first, second) = (start(), start());
+    let (mut w, _) = first.login("w").await;
+    for i in 1..=20 {
+        w.send(&format!("SEND old{i}")).await;
+        assert_eq!(w.line().await, format!("SENT {i}"));
+    }
+    let sent = Instant::now();
+    // The condition is the time itself: the 20 are older than 1 s.
+    while sent.elapsed() <= Duration::from_millis(1100) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.send("SEND new").await;
+    assert_eq!(w.line().await, "SENT 21");
+    // r, on the second node, reads everything and acknowledges it: the
+    // prune that follows takes 1..=20 from idle, which never logged in.
+    let (mut r, pending) = second.login("r").await;
+    assert_eq!(pending, 21);
+    assert_eq!(r.msgs(21).await.last().map(|m| m.0), Some(21));
+    r.send("ACK 21").await;
+    let line = "retention: client idle will not get 20 message(s) in seqs 1..=20";
+    let deadline = Instant::now() + common::DEADLINE;
+    while !second.log.lock().unwrap().contains(line) {
+        assert!(Instant::now() < deadline, "the loss was not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // idle, on the other node, is owed exactly what is kept.
+    let (mut idle, pending) = first.login("idle").await;
+    assert_eq!(pending, 1);
+    let got = idle.msgs(1).await;
+    assert_eq!((got[0].0, got[0].2.as_str()), (21, "new"));
+    idle.send("PING end").await;
+    assert_eq!(idle.line().await, "PONG end");
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["inspect", "--database-url", &url, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let ids = v["ids"].as_array().unwrap();
+    let idle = ids.iter().find(|i| i["id"] == "idle").unwrap();
+    assert_eq!(
+        (idle["lost"].as_u64(), idle["lost_upto"].as_u64()),
+        (Some(20), Some(20))
+    );
 }
 
 #[tokio::test]
