@@ -742,7 +742,7 @@ fn a_version_1_database_is_not_upgraded_under_a_running_version_1_server() {
     // Once it is gone, the upgrade goes ahead.
     drop(v1);
     PostgresStore::open(&url).unwrap();
-    assert_eq!(schema_version(&url), 2);
+    assert_eq!(schema_version(&url), 3);
 }
 
 #[test]
@@ -763,7 +763,7 @@ fn stores_opening_at_once_on_an_empty_database_create_the_schema_once() {
         for o in openers {
             o.join().unwrap().unwrap();
         }
-        assert_eq!(schema_version(&url), 2);
+        assert_eq!(schema_version(&url), 3);
         let mut s = PostgresStore::open(&url).unwrap();
         assert_eq!(append(&mut s, "a", &["x"]), [1]);
     }
