@@ -90,6 +90,9 @@ pub(super) struct Pruning {
     pub(super) busy: bool,
     /// When the registry last said who holds pruning back.
     warned: Option<Instant>,
+    /// A limit prune that failed after the registry moved the acks up to
+    /// its end, with the acks from before: tried again as it was.
+    pub(super) retry: Option<(Seq, Vec<(ClientId, Seq)>)>,
 }
 
 impl Pruning {

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 mod inspect;
+mod limits;
 
 use super::{
-    number_from, Appended, Limits, Loss, MidPolicy, MidRecord, NewMessage, Recovered, Store,
-    StoreError,
+    number_from, Appended, LimitPruned, Limits, Loss, MidPolicy, MidRecord, NewMessage, Recovered,
+    Store, StoreError,
 };
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
@@ -521,66 +522,22 @@ impl Store for SqliteStore {
     }
 
     fn limit_cut(&mut self, limits: &Limits) -> Result<Seq, StoreError> {
-        let head = self.head()?;
-        if limits.max_bytes.is_some() && self.text_bytes.is_none() {
-            // Measured once per run of the server; appends and prunes keep it.
-            let total: i64 = self.conn.query_row(
-                "SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM messages",
-                [],
-                |r| r.get(0),
-            )?;
-            self.text_bytes = Some(total.max(0) as u64);
-        }
-        let mut over = match (limits.max_bytes, self.text_bytes) {
-            (Some(max), Some(total)) => total.saturating_sub(max),
-            _ => 0,
-        };
-        // From the oldest message on, one range scan of at most `batch`
-        // rows: the prefix that is too old or over the size.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, unix_ms, length(CAST(text AS BLOB)) FROM messages
-             WHERE seq < ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(params![
-            head.0 as i64,
-            limits.upto.0.min(i64::MAX as u64) as i64,
-            limits.batch.max(1) as i64
-        ])?;
-        let mut cut = Seq::ZERO;
-        while let Some(row) = rows.next()? {
-            let seq = Seq(row.get::<_, i64>(0)?.max(0) as u64);
-            let unix_ms = row.get::<_, i64>(1)?.max(0) as u64;
-            let len = row.get::<_, i64>(2)?.max(0) as u64;
-            if over == 0 && !limits.too_old(unix_ms) {
-                break;
-            }
-            over = over.saturating_sub(len);
-            cut = seq;
-        }
-        Ok(cut)
+        self.cut_for(limits)
     }
 
     fn record_losses(&mut self, losses: &[Loss]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        {
-            let mut charge = tx.prepare_cached(
-                "INSERT INTO losses (client_id, lost, lost_upto) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (client_id) DO UPDATE
-                 SET lost = lost + excluded.lost, lost_upto = max(lost_upto, excluded.lost_upto)",
-            )?;
-            let mut ack = tx.prepare_cached(
-                "INSERT INTO acks (client_id, last_ack) VALUES (?1, ?2)
-                 ON CONFLICT (client_id) DO UPDATE SET last_ack = max(last_ack, excluded.last_ack)",
-            )?;
-            for l in losses {
-                if l.lost > 0 {
-                    charge.execute(params![l.client.as_str(), l.lost as i64, l.upto.0 as i64])?;
-                }
-                ack.execute(params![l.client.as_str(), l.upto.0 as i64])?;
-            }
-        }
+        limits::charge(&tx, losses)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn limit_prune(
+        &mut self,
+        upto: Seq,
+        acks: &[(ClientId, Seq)],
+    ) -> Result<LimitPruned, StoreError> {
+        self.prune_for_limits(upto, acks)
     }
 
     /// Rewrites one `meta` row (`probed_ms`, the time) in a transaction of
@@ -740,6 +697,39 @@ mod tests {
             .unwrap();
         assert_eq!(row, (5, 9));
         assert_eq!(s.recover().unwrap().acks.get(&a), Some(&Seq(9)));
+    }
+
+    #[test]
+    fn a_limit_prune_tried_again_charges_nobody_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        s.write(&[msg(1, "a", "x"), msg(2, "b", "y"), msg(3, "a", "z")], &[])
+            .unwrap();
+        let (a, b) = (ClientId::new("a").unwrap(), ClientId::new("b").unwrap());
+        // b's stored ack (1) is above the one given.
+        s.save_acks(&[(b.clone(), Seq(1))]).unwrap();
+        let acks = [(a.clone(), Seq(0)), (b.clone(), Seq(0))];
+        let done = s.limit_prune(Seq(2), &acks).unwrap();
+        assert_eq!(done.deleted, 2);
+        let lost: Vec<(String, Seq, u64)> = done
+            .losses
+            .iter()
+            .map(|l| (l.client.to_string(), l.after, l.lost))
+            .collect();
+        // a lost b's 2; b lost nothing (1 was acknowledged, 2 is its own).
+        assert_eq!(lost, [("a".to_owned(), Seq(0), 1)]);
+        let again = s.limit_prune(Seq(2), &acks).unwrap();
+        assert_eq!((again.deleted, again.losses.len()), (0, 0));
+        let n: i64 = s
+            .conn
+            .query_row("SELECT sum(lost) FROM losses", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let r = s.recover().unwrap();
+        assert_eq!(
+            (r.acks.get(&a), r.acks.get(&b)),
+            (Some(&Seq(2)), Some(&Seq(2)))
+        );
     }
 
     #[test]

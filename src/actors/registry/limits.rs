@@ -38,6 +38,11 @@ impl Registry {
     /// Asks the store how far the limits want the log pruned, then prunes
     /// that far (see the module docs) and goes on with the `--retain` prune.
     pub(super) fn limit_prune(&mut self, ctx: &mut Context<Self>) {
+        if let Some((cut, acks)) = self.pruning.retry.take() {
+            self.pruning.busy = true;
+            self.send_limit_prune(cut, acks, ctx);
+            return;
+        }
         let floor = self.sessions.values().map(|s| s.cursor).min();
         let limits = Limits {
             upto: floor.unwrap_or(Seq(u64::MAX)),
@@ -52,8 +57,8 @@ impl Registry {
             .into_actor(self)
             .map(|res, act, ctx| match res {
                 Ok(Ok(cut)) => act.prune_upto(cut, ctx),
-                Ok(Err(e)) => act.limit_failed(format!("measuring the log failed: {e}"), false),
-                Err(e) => act.limit_failed(format!("store unreachable: {e}"), false),
+                Ok(Err(e)) => act.limit_failed(format!("measuring the log failed: {e}")),
+                Err(e) => act.limit_failed(format!("store unreachable: {e}")),
             })
             .spawn(ctx);
     }
@@ -76,19 +81,29 @@ impl Registry {
             u.last_ack = u.last_ack.max(cut);
         }
         self.tail.drop_upto(cut);
+        self.send_limit_prune(cut, acks, ctx);
+    }
+
+    /// Sends the prune; one that fails is kept to be tried again as it
+    /// was (the store's prune is idempotent).
+    fn send_limit_prune(&mut self, cut: Seq, acks: Vec<(ClientId, Seq)>, ctx: &mut Context<Self>) {
+        let kept = acks.clone();
         self.store
             .send(LimitPrune { upto: cut, acks })
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(done)) => {
-                    act.pruning.busy = false;
-                    act.limit_pruned(cut, done);
-                    act.ack_prune(ctx);
-                }
-                Ok(Err(e)) => {
-                    act.limit_failed(format!("pruning up to seq {cut} failed: {e}"), true)
-                }
-                Err(e) => act.limit_failed(format!("store unreachable: {e}"), true),
+            .map(move |res, act, ctx| {
+                let why = match res {
+                    Ok(Ok(done)) => {
+                        act.pruning.busy = false;
+                        act.limit_pruned(cut, done);
+                        act.ack_prune(ctx);
+                        return;
+                    }
+                    Ok(Err(e)) => format!("pruning up to seq {cut} failed: {e}"),
+                    Err(e) => format!("store unreachable: {e}"),
+                };
+                act.pruning.retry = Some((cut, kept));
+                act.limit_failed(why);
             })
             .spawn(ctx);
     }
@@ -112,16 +127,12 @@ impl Registry {
         log::debug!("pruned {} message(s) up to seq {cut} ({why})", done.deleted);
     }
 
-    /// A limit prune failed: the acks `moved` in memory are saved with
-    /// the next flush, and the prune is tried again later.
-    fn limit_failed(&mut self, why: String, moved: bool) {
+    /// A limit prune failed: it is tried again with the next prune.
+    fn limit_failed(&mut self, why: String) {
         self.pruning.busy = false;
         match why.contains("unavailable") {
             true => log::debug!("retention limits must wait: {why}"),
             false => log::warn!("retention limits: {why}"),
-        }
-        if moved {
-            self.dirty_acks.extend(self.users.keys().cloned());
         }
     }
 }
