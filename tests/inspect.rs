@@ -40,7 +40,7 @@ async fn a_live_sqlite_store_shows_what_was_sent_and_acked() {
         |r| ack_of(r, "c") == Some(6) && ack_of(r, "b") == Some(5),
     );
     assert_eq!(r["store"], "sqlite");
-    assert_eq!(r["schema_version"], 2);
+    assert_eq!(r["schema_version"], 3);
     assert_eq!(
         (r["head"].clone(), r["messages"].clone()),
         (8.into(), 8.into())
@@ -183,7 +183,18 @@ async fn json_matches_the_text_and_a_stopped_store_is_left_as_it_was() {
     );
     // A row per id, numbers by value: 1, 10 (2 never sent, acked or
     // logged in, so the store does not know it).
-    assert_eq!(rows[0], ["ID", "LAST_ACK", "BACKLOG", "SENT", "MIDS"]);
+    assert_eq!(
+        rows[0],
+        [
+            "ID",
+            "LAST_ACK",
+            "BACKLOG",
+            "SENT",
+            "MIDS",
+            "LOST",
+            "LOST_UPTO"
+        ]
+    );
     let want: Vec<Vec<String>> = json["ids"]
         .as_array()
         .unwrap()
@@ -200,13 +211,21 @@ async fn json_matches_the_text_and_a_stopped_store_is_left_as_it_was() {
                 n("backlog"),
                 n("sent"),
                 n("mids"),
+                n("lost"),
+                match &r["lost_upto"] {
+                    Value::Null => "-".to_owned(),
+                    v => v.to_string(),
+                },
             ]
         })
         .collect();
     assert_eq!(rows[1..], want[..], "{text}");
     assert_eq!(
         want,
-        [["1", "-", "0", "4", "4"], ["10", "4", "0", "0", "0"]]
+        [
+            ["1", "-", "0", "4", "4", "0", "-"],
+            ["10", "4", "0", "0", "0", "0", "-"]
+        ]
     );
 }
 
@@ -322,7 +341,7 @@ async fn a_live_postgresql_cluster_shows_its_figures_and_sessions() {
     });
     assert!(!rep.to_string().contains("pw-hidden"));
     assert_eq!(rep["store"], "postgresql");
-    assert_eq!(rep["schema_version"], 2);
+    assert_eq!(rep["schema_version"], 3);
     assert_eq!(
         (rep["head"].as_u64(), rep["messages"].as_u64()),
         (Some(6), Some(6))

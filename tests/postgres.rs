@@ -17,7 +17,8 @@ use common::{assert_one_line_failure, failed_start, Server};
 use herald::net::Message;
 use herald::store::postgres::Listener;
 use herald::store::{
-    Appended, LoginClaim, MidPolicy, MidRecord, NewMessage, PostgresStore, Store, StoreError, Wake,
+    Appended, Limits, LoginClaim, MidPolicy, MidRecord, NewMessage, PostgresStore, Store,
+    StoreError, Wake,
 };
 use herald::types::{ClientId, Seq};
 use pg::PgServer;
@@ -178,6 +179,61 @@ fn pruning_keeps_the_numbering() {
     let mut s = PostgresStore::open(&url).unwrap();
     assert_eq!(s.recover().unwrap().head, Seq(3));
     assert_eq!(append(&mut s, "a", &["w"]), [4]);
+}
+
+#[test]
+fn a_limit_prune_by_two_nodes_charges_each_id_once_and_keeps_the_newest() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let (mut a, mut b) = (
+        PostgresStore::open(&url).unwrap(),
+        PostgresStore::open(&url).unwrap(),
+    );
+    // Stored at unix ms 1001..=1003 (1000 + the text's length).
+    append(&mut a, "w", &["1", "22", "333"]);
+    let limits = |age: u64| Limits {
+        max_age_ms: Some(age),
+        max_bytes: None,
+        now_ms: 2000,
+        batch: 100,
+        upto: Seq(u64::MAX),
+    };
+    // Older than 1001: none; than 1002: seq 1; than 1003: 1 and 2; all
+    // three old: never the newest.
+    assert_eq!(a.limit_cut(&limits(999)).unwrap(), Seq(0));
+    assert_eq!(a.limit_cut(&limits(998)).unwrap(), Seq(1));
+    assert_eq!(a.limit_cut(&limits(997)).unwrap(), Seq(2));
+    assert_eq!(b.limit_cut(&limits(1)).unwrap(), Seq(2));
+    a.save_acks(&[(id("r"), Seq(1))]).unwrap();
+    // Node b knows no ack of r (0); the stored 1 counts.
+    let acks = [(id("r"), Seq(0)), (id("w"), Seq(0)), (id("idle"), Seq(0))];
+    let first = a.limit_prune(Seq(2), &acks).unwrap();
+    assert_eq!(first.deleted, 2);
+    let lost: Vec<(String, u64, u64)> = first
+        .losses
+        .iter()
+        .map(|l| (l.client.to_string(), l.after.0, l.lost))
+        .collect();
+    assert_eq!(lost, [("r".into(), 1, 1), ("idle".into(), 0, 2)]);
+    // The other node, a moment later, finds it done: nobody is charged twice.
+    let second = b.limit_prune(Seq(2), &acks).unwrap();
+    assert_eq!((second.deleted, second.losses.len()), (0, 0));
+    let mut q = psql(&url);
+    let rows: Vec<(String, i64, i64)> = q
+        .query(
+            "SELECT client_id, lost, lost_upto FROM losses ORDER BY client_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows, [("idle".into(), 2, 2), ("r".into(), 1, 2)]);
+    let r = b.recover().unwrap();
+    assert_eq!(r.acks.get(&id("idle")), Some(&Seq(2)));
+    assert_eq!(r.acks.get(&id("w")), Some(&Seq(2)));
+    assert_eq!(all(&mut b), vec![msg(3, "w", "333")]);
+    assert_eq!(append(&mut b, "w", &["4"]), [4]);
 }
 
 #[test]
@@ -656,7 +712,7 @@ fn a_version_1_database_is_upgraded_at_start_and_keeps_its_data() {
     )
     .unwrap();
     let mut s = PostgresStore::open(&url).unwrap();
-    assert_eq!(schema_version(&url), 2);
+    assert_eq!(schema_version(&url), 3);
     let r = s.recover().unwrap();
     assert_eq!((r.head, r.acks.get(&id("r"))), (Seq(2), Some(&Seq(1))));
     assert_eq!(r.mids, vec![mid("w", "m1", 1, "one")]);
@@ -665,9 +721,9 @@ fn a_version_1_database_is_upgraded_at_start_and_keeps_its_data() {
     let view = s.login(&claim("r", "n", 0, 0)).unwrap();
     assert_eq!((view.epoch, view.last_ack, view.backlog), (1, Seq(1), 1));
     assert_eq!(append(&mut s, "w", &["three"]), [3]);
-    // Opening again finds version 2 and changes nothing.
+    // Opening again finds version 3 and changes nothing.
     drop(PostgresStore::open(&url).unwrap());
-    assert_eq!(schema_version(&url), 2);
+    assert_eq!(schema_version(&url), 3);
 }
 
 #[test]
@@ -686,7 +742,7 @@ fn a_version_1_database_is_not_upgraded_under_a_running_version_1_server() {
     // Once it is gone, the upgrade goes ahead.
     drop(v1);
     PostgresStore::open(&url).unwrap();
-    assert_eq!(schema_version(&url), 2);
+    assert_eq!(schema_version(&url), 3);
 }
 
 #[test]
@@ -707,7 +763,7 @@ fn stores_opening_at_once_on_an_empty_database_create_the_schema_once() {
         for o in openers {
             o.join().unwrap().unwrap();
         }
-        assert_eq!(schema_version(&url), 2);
+        assert_eq!(schema_version(&url), 3);
         let mut s = PostgresStore::open(&url).unwrap();
         assert_eq!(append(&mut s, "a", &["x"]), [1]);
     }
@@ -824,6 +880,7 @@ fn the_database_url_conflicts_with_the_other_stores() {
         &["--data-dir", "/tmp/x"][..],
         &["--memory"][..],
         &["--sync", "none"][..],
+        &["--retain-max-bytes", "1000"][..],
     ] {
         let mut args = vec!["--client-ids", "1", "--database-url", url];
         args.extend_from_slice(extra);
@@ -860,6 +917,65 @@ fn a_database_from_a_newer_herald_is_refused_with_one_line() {
         &[],
     );
     assert_one_line_failure(&out, "newer Herald");
+}
+
+#[tokio::test]
+async fn an_age_limit_prunes_a_shared_log_and_a_returning_id_gets_what_is_kept() {
+    let pg = PgServer::start();
+    let url = pg.new_database();
+    let start = || {
+        Server::start(&[
+            "--client-ids",
+            "w,r,idle",
+            "--database-url",
+            &url,
+            "--retain-max-age",
+            "1",
+        ])
+    };
+    let (first, second) = (start(), start());
+    let (mut w, _) = first.login("w").await;
+    for i in 1..=20 {
+        w.send(&format!("SEND old{i}")).await;
+        assert_eq!(w.line().await, format!("SENT {i}"));
+    }
+    let sent = Instant::now();
+    // The condition is the time itself: the 20 are older than 1 s.
+    while sent.elapsed() <= Duration::from_millis(1100) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.send("SEND new").await;
+    assert_eq!(w.line().await, "SENT 21");
+    // r, on the second node, reads everything and acknowledges it: the
+    // prune that follows takes 1..=20 from idle, which never logged in.
+    let (mut r, pending) = second.login("r").await;
+    assert_eq!(pending, 21);
+    assert_eq!(r.msgs(21).await.last().map(|m| m.0), Some(21));
+    r.send("ACK 21").await;
+    let line = "retention: client idle will not get 20 message(s) in seqs 1..=20";
+    let deadline = Instant::now() + common::DEADLINE;
+    while !second.log.lock().unwrap().contains(line) {
+        assert!(Instant::now() < deadline, "the loss was not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // idle, on the other node, is owed exactly what is kept.
+    let (mut idle, pending) = first.login("idle").await;
+    assert_eq!(pending, 1);
+    let got = idle.msgs(1).await;
+    assert_eq!((got[0].0, got[0].2.as_str()), (21, "new"));
+    idle.send("PING end").await;
+    assert_eq!(idle.line().await, "PONG end");
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["inspect", "--database-url", &url, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let ids = v["ids"].as_array().unwrap();
+    let idle = ids.iter().find(|i| i["id"] == "idle").unwrap();
+    assert_eq!(
+        (idle["lost"].as_u64(), idle["lost_upto"].as_u64()),
+        (Some(20), Some(20))
+    );
 }
 
 #[tokio::test]

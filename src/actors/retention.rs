@@ -90,9 +90,22 @@ pub(super) struct Pruning {
     pub(super) busy: bool,
     /// When the registry last said who holds pruning back.
     warned: Option<Instant>,
+    /// A limit prune that failed after the registry moved the acks up to
+    /// its end, with the acks from before: tried again as it was.
+    pub(super) retry: Option<(Seq, Vec<(ClientId, Seq)>)>,
 }
 
 impl Pruning {
+    /// Everything up to here is pruned from the store.
+    pub(super) fn pruned(&self) -> Seq {
+        self.pruned
+    }
+
+    /// Records that everything up to `upto` is pruned.
+    pub(super) fn advance(&mut self, upto: Seq) {
+        self.pruned = self.pruned.max(upto);
+    }
+
     /// The prune to ask the store for, if it could delete anything or a
     /// warning about what holds it back is due.
     pub(super) fn next(&self, b: &PruneBounds, limit: Seq) -> Option<Prune> {

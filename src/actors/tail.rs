@@ -42,6 +42,15 @@ impl Tail {
         self.bytes = 0;
     }
 
+    /// Forgets the messages with seq <= `upto` (pruned from the store).
+    pub(super) fn drop_upto(&mut self, upto: Seq) {
+        while self.first_seq().is_some_and(|f| f <= upto) {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.frame().len();
+            }
+        }
+    }
+
     pub(super) fn push(&mut self, m: Message, max_messages: usize, max_bytes: usize) {
         self.bytes += m.frame().len();
         self.messages.push_back(m);

@@ -99,6 +99,18 @@ struct Args {
     #[arg(long, default_value = "all", value_name = "all|N")]
     retain: herald::actors::Retain,
 
+    /// Prune messages stored more than SECS seconds ago, even those an id
+    /// never received (each such id is named in the log and `inspect`
+    /// shows its loss). Off by default.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    retain_max_age: Option<u64>,
+
+    /// Prune the oldest messages while the stored text of all messages is
+    /// more than BYTES, even those an id never received (as
+    /// --retain-max-age). Off by default; not with --database-url.
+    #[arg(long, value_name = "BYTES", conflicts_with = "database_url")]
+    retain_max_bytes: Option<u64>,
+
     /// PEM certificate chain: connections then speak TLS (with --tls-key).
     /// Read again with the key on SIGHUP, for new connections.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -474,6 +486,8 @@ fn settings(args: Args) -> Result<ServerConfig, String> {
         storage,
         registry: herald::actors::RegistryConfig {
             retain: args.retain,
+            retain_max_age: args.retain_max_age.map(std::time::Duration::from_secs),
+            retain_max_bytes: args.retain_max_bytes,
             dedupe_window: std::time::Duration::from_secs(args.dedupe_window),
             ..Default::default()
         },

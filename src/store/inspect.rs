@@ -55,6 +55,11 @@ pub struct IdReport {
     pub sent: u64,
     /// Message ids of its `SEND`s still remembered.
     pub mids: u64,
+    /// Messages from others it never acknowledged that a retention limit
+    /// (`--retain-max-age`, `--retain-max-bytes`) pruned.
+    pub lost: u64,
+    /// The last seq such a prune took from it; `None` when it lost nothing.
+    pub lost_upto: Option<Seq>,
 }
 
 /// One row of the cluster's `sessions` table: which node last claimed an
@@ -78,6 +83,8 @@ pub(crate) struct Tallies {
     pub sent: BTreeMap<String, u64>,
     /// Remembered message ids per id.
     pub mids: BTreeMap<String, u64>,
+    /// Messages lost to retention limits, and up to which seq, per id.
+    pub losses: BTreeMap<String, (u64, u64)>,
 }
 
 /// `(client id, number)` rows as a store's query returns them.
@@ -92,7 +99,18 @@ impl Tallies {
             acks: map(acks),
             sent: map(sent),
             mids: map(mids),
+            losses: BTreeMap::new(),
         }
+    }
+
+    /// Adds the `(client id, lost, lost_upto)` rows of a store that
+    /// records losses (older schemas have none).
+    pub(crate) fn with_losses(mut self, rows: Vec<(String, i64, i64)>) -> Tallies {
+        self.losses = rows
+            .into_iter()
+            .map(|(id, n, upto)| (id, (unsigned(n), unsigned(upto))))
+            .collect();
+        self
     }
 
     /// The remembered mids of every id together.
@@ -112,6 +130,7 @@ impl Tallies {
             .keys()
             .chain(self.sent.keys())
             .chain(self.mids.keys())
+            .chain(self.losses.keys())
             .chain(sessions.iter().map(|s| &s.id))
             .cloned()
             .collect();
@@ -120,7 +139,10 @@ impl Tallies {
         ids.into_iter()
             .map(|id| {
                 let last_ack = self.acks.get(&id).map(|&a| Seq(a));
+                let loss = self.losses.get(&id).copied();
                 Ok(IdReport {
+                    lost: loss.map_or(0, |(n, _)| n),
+                    lost_upto: loss.map(|(_, upto)| Seq(upto)),
                     backlog: backlog(&id, last_ack.unwrap_or(Seq::ZERO))?,
                     last_ack,
                     sent: self.sent.get(&id).copied().unwrap_or(0),

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{number_from, Appended, MidPolicy, NewMessage, Recovered, Store, StoreError};
+use super::{number_from, Appended, Limits, MidPolicy, NewMessage, Recovered, Store, StoreError};
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
@@ -119,6 +119,23 @@ impl Store for MemoryStore {
         Ok(n as u64)
     }
 
+    fn limit_cut(&mut self, limits: &Limits) -> Result<Seq, StoreError> {
+        let total: u64 = self.log.iter().map(|m| m.text().len() as u64).sum();
+        let mut over = limits.max_bytes.map_or(0, |max| total.saturating_sub(max));
+        let mut cut = Seq::ZERO;
+        // Never the newest message: the head stays stored.
+        let candidates = self.log.len().saturating_sub(1);
+        let scan = self.log.iter().take(candidates.min(limits.batch as usize));
+        for m in scan.take_while(|m| m.seq() <= limits.upto) {
+            if over == 0 && !limits.too_old(m.unix_ms()) {
+                break;
+            }
+            over = over.saturating_sub(m.text().len() as u64);
+            cut = m.seq();
+        }
+        Ok(cut)
+    }
+
     fn forget_mids(
         &mut self,
         _cutoffs: &[(ClientId, Seq)],
@@ -176,6 +193,40 @@ mod tests {
         let a = ClientId::new("a").unwrap();
         assert_eq!(s.count_from_others(Seq(0), Seq(4), &a).unwrap(), 2);
         assert_eq!(s.count_from_others(Seq(2), Seq(3), &a).unwrap(), 0);
+        assert_eq!(s.recover().unwrap().head, Seq(4));
+    }
+
+    #[test]
+    fn a_limit_prune_charges_each_id_and_keeps_the_newest() {
+        let mut s = MemoryStore::new();
+        // Texts of one byte, stored at unix ms 0.
+        s.write(&[msg(1, "a"), msg(2, "b"), msg(3, "a"), msg(4, "c")]);
+        let limits = Limits {
+            max_age_ms: None,
+            max_bytes: Some(0),
+            now_ms: 0,
+            batch: 100,
+            upto: Seq(u64::MAX),
+        };
+        // Everything is over the size; the newest stays.
+        let cut = s.limit_cut(&limits).unwrap();
+        assert_eq!(cut, Seq(3));
+        let (a, b) = (ClientId::new("a").unwrap(), ClientId::new("b").unwrap());
+        let done =
+            super::super::limits::limit_prune(&mut s, cut, &[(a.clone(), Seq(0)), (b, Seq(2))])
+                .unwrap();
+        assert_eq!(done.deleted, 3);
+        // a loses b's message 2 (1 and 3 are its own); b, at 2, loses 3.
+        let lost: Vec<(String, u64, Seq)> = done
+            .losses
+            .iter()
+            .map(|l| (l.client.to_string(), l.lost, l.upto))
+            .collect();
+        assert_eq!(
+            lost,
+            [("a".to_owned(), 1, Seq(3)), ("b".to_owned(), 1, Seq(3))]
+        );
+        assert_eq!(s.acks.get(&a), Some(&Seq(3)));
         assert_eq!(s.recover().unwrap().head, Seq(4));
     }
 }

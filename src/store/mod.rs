@@ -15,10 +15,12 @@ use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
 pub mod inspect;
+pub mod limits;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 
+pub use limits::{LimitCut, LimitPrune, LimitPruned, Limits, Loss};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, SyncPolicy};
@@ -248,6 +250,37 @@ pub trait Store: Send + 'static {
     /// allowed id: acknowledged, or sent by it); the numbering goes on after the head regardless.
     /// Returns how many were deleted.
     fn prune(&mut self, upto: Seq) -> Result<u64, StoreError>;
+
+    /// The highest seq that `limits` (`--retain-max-age`,
+    /// `--retain-max-bytes`) want pruned, never the newest message and at
+    /// most `limits.batch` messages past what is pruned already;
+    /// `Seq::ZERO` when nothing is over a limit. A store that cannot
+    /// measure (this default) never asks for anything.
+    fn limit_cut(&mut self, _limits: &Limits) -> Result<Seq, StoreError> {
+        Ok(Seq::ZERO)
+    }
+
+    /// Records what each id loses to a limit prune and moves its
+    /// `last_ack` up to the loss's `upto`, as one unit: the id is then
+    /// never offered the pruned messages, and `WELCOME` counts only what
+    /// is kept. This default only moves the acks (nothing to show later).
+    fn record_losses(&mut self, losses: &[Loss]) -> Result<(), StoreError> {
+        let acks: Vec<(ClientId, Seq)> =
+            losses.iter().map(|l| (l.client.clone(), l.upto)).collect();
+        self.save_acks(&acks)
+    }
+
+    /// Prunes up to `upto` for a retention limit, charging each id of
+    /// `acks` below it with what it loses (see [`limits::limit_prune`],
+    /// this default). A store shared by nodes does it in one transaction,
+    /// so two nodes pruning the same range charge nobody twice.
+    fn limit_prune(
+        &mut self,
+        upto: Seq,
+        acks: &[(ClientId, Seq)],
+    ) -> Result<LimitPruned, StoreError> {
+        limits::limit_prune(self, upto, acks)
+    }
 
     /// Makes everything written so far durable, before a clean stop.
     fn flush(&mut self) -> Result<(), StoreError>;

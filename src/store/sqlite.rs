@@ -5,8 +5,9 @@
 //! locked so a second server cannot open the same store.
 //!
 //! Tables: `messages(seq, unix_ms, sender, text)`, `acks(client_id,
-//! last_ack)` and `meta(key, value)`; `PRAGMA user_version` holds the schema
-//! version. Everything can be read with the `sqlite3` shell.
+//! last_ack)`, `mids(client_id, mid, seq, unix_ms)`, `losses(client_id,
+//! lost, lost_upto)` and `meta(key, value)`; `PRAGMA user_version` holds the
+//! schema version. Everything can be read with the `sqlite3` shell.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -14,15 +15,24 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 mod inspect;
+mod limits;
 
 use super::{
-    number_from, Appended, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError,
+    number_from, Appended, LimitPruned, Limits, Loss, MidPolicy, MidRecord, NewMessage, Recovered,
+    Store, StoreError,
 };
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
 
 /// The schema this version writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Schema version 3 added what each id lost to a retention limit.
+const LOSSES_TABLE: &str = "CREATE TABLE losses (
+        client_id TEXT PRIMARY KEY,
+        lost INTEGER NOT NULL,
+        lost_upto INTEGER NOT NULL
+    );";
 
 /// Schema version 2 added the message ids clients send with `SEND`.
 const MIDS_TABLE: &str = "CREATE TABLE mids (
@@ -63,6 +73,9 @@ pub struct SqliteStore {
     last_sender: Option<ClientId>,
     /// The highest seq stored, once known (this store is the one writer).
     head: Option<Seq>,
+    /// Bytes of stored message text, once measured (for
+    /// `--retain-max-bytes`); kept up to date by appends and prunes.
+    text_bytes: Option<u64>,
     path: PathBuf,
     /// Held (locked) for as long as the store is open.
     _lock: File,
@@ -157,6 +170,7 @@ impl SqliteStore {
             conn,
             last_sender: None,
             head: None,
+            text_bytes: None,
             path,
             _lock: lock,
         };
@@ -185,7 +199,7 @@ impl SqliteStore {
         if version == 0 && tables > 0 {
             return Err(not_herald("is a database of some other program"));
         }
-        if version != 0 && version != 1 && version != SCHEMA_VERSION {
+        if !(0..=SCHEMA_VERSION).contains(&version) {
             return Err(StoreError::Incompatible(format!(
                 "{shown} has schema version {version}, this server reads version {SCHEMA_VERSION}; refusing to use it"
             )));
@@ -223,17 +237,18 @@ impl SqliteStore {
                  );
                  CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
                  {MIDS_TABLE}
+                 {LOSSES_TABLE}
                  INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
                  PRAGMA user_version = {SCHEMA_VERSION};
                  COMMIT;"
             ))?;
         }
-        if version == 1 {
-            log::info!(
-                "{shown}: upgrading the schema from version 1 to {SCHEMA_VERSION} (message ids)"
-            );
+        if version == 1 || version == 2 {
+            // Version 2 added message ids, version 3 retention losses.
+            let mids = if version == 1 { MIDS_TABLE } else { "" };
+            log::info!("{shown}: upgrading the schema from version {version} to {SCHEMA_VERSION}");
             self.conn.execute_batch(&format!(
-                "BEGIN; {MIDS_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {mids} {LOSSES_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
         }
         Ok(())
@@ -286,6 +301,9 @@ impl SqliteStore {
         tx.commit()?;
         if let Some(last) = batch.last() {
             self.head = Some(last.seq());
+        }
+        if let Some(b) = self.text_bytes.as_mut() {
+            *b += batch.iter().map(|m| m.text().len() as u64).sum::<u64>();
         }
         Ok(())
     }
@@ -480,6 +498,14 @@ impl Store for SqliteStore {
 
     fn prune(&mut self, upto: Seq) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
+        let gone: Option<u64> = match self.text_bytes {
+            Some(_) => Some(tx.query_row(
+                "SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM messages WHERE seq <= ?1",
+                params![upto.0 as i64],
+                |r| r.get::<_, i64>(0),
+            )?.max(0) as u64),
+            None => None,
+        };
         let deleted = tx.execute(
             "DELETE FROM messages WHERE seq <= ?1",
             params![upto.0 as i64],
@@ -489,7 +515,29 @@ impl Store for SqliteStore {
             params![upto.0.to_string(), upto.0 as i64],
         )?;
         tx.commit()?;
+        if let (Some(b), Some(gone)) = (self.text_bytes.as_mut(), gone) {
+            *b = b.saturating_sub(gone);
+        }
         Ok(deleted as u64)
+    }
+
+    fn limit_cut(&mut self, limits: &Limits) -> Result<Seq, StoreError> {
+        self.cut_for(limits)
+    }
+
+    fn record_losses(&mut self, losses: &[Loss]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        limits::charge(&tx, losses)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn limit_prune(
+        &mut self,
+        upto: Seq,
+        acks: &[(ClientId, Seq)],
+    ) -> Result<LimitPruned, StoreError> {
+        self.prune_for_limits(upto, acks)
     }
 
     /// Rewrites one `meta` row (`probed_ms`, the time) in a transaction of
@@ -586,6 +634,134 @@ mod tests {
         drop(s);
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
         assert_eq!(s.recover().unwrap().head, Seq(2));
+    }
+
+    #[test]
+    fn limits_cut_the_oldest_but_never_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        // unix_ms 1001..=1005, 10 bytes each.
+        let msgs: Vec<Message> = (1..=5).map(|i| msg(i, "a", "0123456789")).collect();
+        s.write(&msgs, &[]).unwrap();
+        let limits = |age: Option<u64>, bytes: Option<u64>| Limits {
+            max_age_ms: age,
+            max_bytes: bytes,
+            now_ms: 1010,
+            batch: 100,
+            upto: Seq(u64::MAX),
+        };
+        assert_eq!(s.limit_cut(&limits(None, None)).unwrap(), Seq::ZERO);
+        // Older than 1007 ms: 1001..=1002.
+        assert_eq!(s.limit_cut(&limits(Some(7), None)).unwrap(), Seq(2));
+        // 50 bytes stored, 25 allowed: three go.
+        assert_eq!(s.limit_cut(&limits(None, Some(25))).unwrap(), Seq(3));
+        // Both: the further of the two.
+        assert_eq!(s.limit_cut(&limits(Some(7), Some(45))).unwrap(), Seq(2));
+        // Everything is over a limit: the newest stays.
+        assert_eq!(s.limit_cut(&limits(Some(1), Some(0))).unwrap(), Seq(4));
+        // At most `batch` rows at a time.
+        let mut small = limits(Some(1), None);
+        small.batch = 2;
+        assert_eq!(s.limit_cut(&small).unwrap(), Seq(2));
+        // Never past what online sessions wait for.
+        let mut capped = limits(Some(1), None);
+        capped.upto = Seq(3);
+        assert_eq!(s.limit_cut(&capped).unwrap(), Seq(3));
+        // Pruning and appending keep the measured size.
+        s.prune(Seq(3)).unwrap();
+        assert_eq!(s.limit_cut(&limits(None, Some(15))).unwrap(), Seq(4));
+        s.write(&[msg(6, "a", "0123456789")], &[]).unwrap();
+        assert_eq!(s.limit_cut(&limits(None, Some(15))).unwrap(), Seq(5));
+    }
+
+    #[test]
+    fn losses_add_up_per_id_and_move_its_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        let a = ClientId::new("a").unwrap();
+        let loss = |upto: u64, lost: u64| Loss {
+            client: a.clone(),
+            after: Seq(0),
+            upto: Seq(upto),
+            lost,
+        };
+        s.record_losses(&[loss(4, 3)]).unwrap();
+        s.record_losses(&[loss(9, 2)]).unwrap();
+        let row: (i64, i64) = s
+            .conn
+            .query_row(
+                "SELECT lost, lost_upto FROM losses WHERE client_id = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (5, 9));
+        assert_eq!(s.recover().unwrap().acks.get(&a), Some(&Seq(9)));
+    }
+
+    #[test]
+    fn a_limit_prune_tried_again_charges_nobody_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        s.write(&[msg(1, "a", "x"), msg(2, "b", "y"), msg(3, "a", "z")], &[])
+            .unwrap();
+        let (a, b) = (ClientId::new("a").unwrap(), ClientId::new("b").unwrap());
+        // b's stored ack (1) is above the one given.
+        s.save_acks(&[(b.clone(), Seq(1))]).unwrap();
+        let acks = [(a.clone(), Seq(0)), (b.clone(), Seq(0))];
+        let done = s.limit_prune(Seq(2), &acks).unwrap();
+        assert_eq!(done.deleted, 2);
+        let lost: Vec<(String, Seq, u64)> = done
+            .losses
+            .iter()
+            .map(|l| (l.client.to_string(), l.after, l.lost))
+            .collect();
+        // a lost b's 2; b lost nothing (1 was acknowledged, 2 is its own).
+        assert_eq!(lost, [("a".to_owned(), Seq(0), 1)]);
+        let again = s.limit_prune(Seq(2), &acks).unwrap();
+        assert_eq!((again.deleted, again.losses.len()), (0, 0));
+        let n: i64 = s
+            .conn
+            .query_row("SELECT sum(lost) FROM losses", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let r = s.recover().unwrap();
+        assert_eq!(
+            (r.acks.get(&a), r.acks.get(&b)),
+            (Some(&Seq(2)), Some(&Seq(2)))
+        );
+    }
+
+    #[test]
+    fn a_version_2_store_gets_the_losses_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("herald.db")).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE messages (seq INTEGER PRIMARY KEY, unix_ms INTEGER NOT NULL,
+                 sender TEXT NOT NULL, text TEXT NOT NULL);
+             CREATE TABLE acks (client_id TEXT PRIMARY KEY, last_ack INTEGER NOT NULL);
+             {MIDS_TABLE}
+             INSERT INTO meta (key, value) VALUES ('pruned_upto', '0');
+             INSERT INTO messages VALUES (1, 5, 'a', 'kept');
+             PRAGMA user_version = 2;"
+        ))
+        .unwrap();
+        drop(conn);
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::Always).unwrap();
+        assert_eq!(s.recover().unwrap().head, Seq(1));
+        s.record_losses(&[Loss {
+            client: ClientId::new("b").unwrap(),
+            after: Seq(0),
+            upto: Seq(1),
+            lost: 1,
+        }])
+        .unwrap();
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     #[test]

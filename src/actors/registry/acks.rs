@@ -102,6 +102,19 @@ impl Registry {
     /// itself), keeping the newest `Retain::Newest(n)`; see
     /// [`crate::actors::retention`].
     pub(super) fn prune(&mut self, ctx: &mut Context<Self>) {
+        if self.pruning.busy {
+            return;
+        }
+        if self.limits_set() {
+            // The limits first; the ack-based prune follows it.
+            self.limit_prune(ctx);
+            return;
+        }
+        self.ack_prune(ctx);
+    }
+
+    /// The `--retain N` prune: what every allowed id has handled.
+    pub(super) fn ack_prune(&mut self, ctx: &mut Context<Self>) {
         let Retain::Newest(keep) = self.config.retain else {
             return;
         };

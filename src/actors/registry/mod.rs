@@ -30,6 +30,7 @@ mod allow;
 mod commit;
 mod delivery;
 mod follow;
+mod limits;
 mod login;
 mod shutdown;
 
@@ -81,6 +82,11 @@ pub struct RegistryConfig {
     pub shutdown_grace: Duration,
     /// Which acknowledged messages to keep.
     pub retain: Retain,
+    /// Messages older than this are pruned, received by every id or not.
+    pub retain_max_age: Option<Duration>,
+    /// The oldest messages are pruned while their text is more bytes than
+    /// this, received by every id or not.
+    pub retain_max_bytes: Option<u64>,
     /// Message ids remembered per client id, at least…
     pub dedupe_keep: usize,
     /// …and every one from this long ago.
@@ -103,6 +109,8 @@ impl Default for RegistryConfig {
             node: node_name(),
             shutdown_grace: Duration::from_secs(3),
             retain: Retain::All,
+            retain_max_age: None,
+            retain_max_bytes: None,
             dedupe_keep: 10_000,
             dedupe_window: Duration::from_secs(24 * 3600),
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),

@@ -74,6 +74,8 @@ pub fn to_json(r: &Report) -> String {
                 "backlog": i.backlog,
                 "sent": i.sent,
                 "mids": i.mids,
+                "lost": i.lost,
+                "lost_upto": i.lost_upto.map(|s| s.0),
             })
         })
         .collect();
@@ -123,7 +125,7 @@ pub fn to_text(r: &Report) -> String {
     ] {
         out.push_str(&format!("{label:<16}{value}\n"));
     }
-    let ids: Vec<[String; 5]> = r
+    let ids: Vec<[String; 7]> = r
         .ids
         .iter()
         .map(|i| {
@@ -133,11 +135,24 @@ pub fn to_text(r: &Report) -> String {
                 i.backlog.to_string(),
                 i.sent.to_string(),
                 i.mids.to_string(),
+                i.lost.to_string(),
+                opt(i.lost_upto.map(|s| s.0)),
             ]
         })
         .collect();
     out.push('\n');
-    out.push_str(&table(["ID", "LAST_ACK", "BACKLOG", "SENT", "MIDS"], &ids));
+    out.push_str(&table(
+        [
+            "ID",
+            "LAST_ACK",
+            "BACKLOG",
+            "SENT",
+            "MIDS",
+            "LOST",
+            "LOST_UPTO",
+        ],
+        &ids,
+    ));
     if r.kind == "postgresql" {
         let sessions: Vec<[String; 3]> = r
             .sessions
@@ -203,6 +218,8 @@ mod tests {
                     backlog: 0,
                     sent: 10,
                     mids: 4,
+                    lost: 5,
+                    lost_upto: Some(Seq(2)),
                 },
                 IdReport {
                     id: "long-name\"x".into(),
@@ -210,6 +227,8 @@ mod tests {
                     backlog: 10,
                     sent: 0,
                     mids: 0,
+                    lost: 0,
+                    lost_upto: None,
                 },
             ],
             sessions: vec![SessionRow {
@@ -228,7 +247,7 @@ mod tests {
             text.contains("size bytes      8292 (messages 8192, mids 100)\n"),
             "{text}"
         );
-        assert!(text.contains("\nID           LAST_ACK  BACKLOG  SENT  MIDS\n1            12        0        10    4\nlong-name\"x  -         10       0     0\n"), "{text}");
+        assert!(text.contains("\nID           LAST_ACK  BACKLOG  SENT  MIDS  LOST  LOST_UPTO\n1            12        0        10    4     5     2\nlong-name\"x  -         10       0     0     0     -\n"), "{text}");
         assert!(
             text.contains("\nSESSION  EPOCH  NODE\n1        3      n"),
             "{text}"
@@ -244,6 +263,14 @@ mod tests {
         assert_eq!(v["size_bytes"]["parts"]["mids"], 100);
         assert_eq!(v["ids"][1]["id"], "long-name\"x");
         assert!(v["ids"][1]["last_ack"].is_null());
+        assert_eq!(
+            (
+                v["ids"][0]["lost"].clone(),
+                v["ids"][0]["lost_upto"].clone()
+            ),
+            (5.into(), 2.into())
+        );
+        assert!(v["ids"][1]["lost_upto"].is_null());
         assert_eq!(v["sessions"][0]["node"], "n\u{1}\"");
     }
 }

@@ -111,6 +111,17 @@ fn read(client: &mut Client, location: String) -> Result<Report, Failed> {
             "SELECT client_id, count(*) FROM mids GROUP BY client_id",
         )?,
     );
+    let tallies = tallies.with_losses(match version {
+        // Versions before 3 recorded no losses.
+        ..=2 => Vec::new(),
+        _ => {
+            let mut rows = Vec::new();
+            for r in tx.query("SELECT client_id, lost, lost_upto FROM losses", &[])? {
+                rows.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+            }
+            rows
+        }
+    });
     let mids = tallies.mids_total();
     let sessions = sessions(&mut tx, version)?;
     let count = tx.prepare("SELECT count(*) FROM messages WHERE seq > $1 AND sender <> $2")?;

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::{
-    Appended, LoginClaim, LoginView, MidPolicy, MidRecord, NewMessage, Recovered, Store, StoreError,
+    Appended, LimitPruned, Limits, LoginClaim, LoginView, MidPolicy, MidRecord, NewMessage,
+    Recovered, Store, StoreError,
 };
 use crate::net::Message;
 use crate::types::{ClientId, Seq};
@@ -32,6 +33,7 @@ use schema::init_schema;
 mod batch;
 mod conn;
 mod inspect;
+mod limits;
 mod listen;
 mod schema;
 
@@ -491,6 +493,18 @@ impl Store for PostgresStore {
             tx.commit()?;
             Ok(deleted)
         })
+    }
+
+    fn limit_cut(&mut self, limits: &Limits) -> Result<Seq, StoreError> {
+        self.cut_for(limits)
+    }
+
+    fn limit_prune(
+        &mut self,
+        upto: Seq,
+        acks: &[(ClientId, Seq)],
+    ) -> Result<LimitPruned, StoreError> {
+        self.prune_for_limits(upto, acks)
     }
 
     /// Applies `policy` over every node's message ids; `cutoffs` (one

@@ -7,7 +7,7 @@ use postgres::{Client, IsolationLevel, Transaction};
 use crate::store::StoreError;
 
 /// The schema this version writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The transaction-level advisory lock every node takes around creating,
 /// upgrading or checking the schema, so that nodes starting at once on an
@@ -56,6 +56,17 @@ const V1_TO_V2: &str = "
     UPDATE meta SET value = 2 WHERE key = 'schema_version';
 ";
 
+/// Version 2 to 3: what each client id lost to a retention limit. Nodes of
+/// version 2 still running go on (they never read it).
+const V2_TO_V3: &str = "
+    CREATE TABLE losses (
+        client_id text PRIMARY KEY,
+        lost bigint NOT NULL,
+        lost_upto bigint NOT NULL
+    );
+    UPDATE meta SET value = 3 WHERE key = 'schema_version';
+";
+
 /// Creates the schema on an empty database, upgrades an older one, or
 /// checks its version; refuses a database of a newer Herald, one whose
 /// `meta` table is not Herald's, and an upgrade while a version-1 server
@@ -88,6 +99,11 @@ pub(super) fn init_schema(client: &mut Client) -> Result<(), StoreError> {
                 log::info!("upgrading the Herald schema from version 1 to {SCHEMA_VERSION}");
             }
             tx.batch_execute(V1_TO_V2)?;
+            tx.batch_execute(V2_TO_V3)?;
+        }
+        Some(2) => {
+            log::info!("upgrading the Herald schema from version 2 to {SCHEMA_VERSION}");
+            tx.batch_execute(V2_TO_V3)?;
         }
         Some(v) if v > SCHEMA_VERSION => {
             return Err(StoreError::Incompatible(format!(

@@ -151,7 +151,16 @@ fn read(conn: &Connection, version: i64, dir: &Path) -> Result<Report, StoreErro
             1 => Vec::new(),
             _ => pairs("SELECT client_id, count(*) FROM mids GROUP BY client_id")?,
         },
-    );
+    )
+    .with_losses(match version {
+        // Versions before 3 recorded no losses.
+        1 | 2 => Vec::new(),
+        _ => {
+            let mut stmt = conn.prepare("SELECT client_id, lost, lost_upto FROM losses")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        }
+    });
     let mids = tallies.mids_total();
     let mut count =
         conn.prepare("SELECT count(*) FROM messages WHERE seq > ?1 AND sender != ?2")?;
@@ -260,9 +269,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
         s.write(&[msg(1, "a")], &[]).unwrap();
-        // Version 1 is version 2 without the mids.
+        // Version 1 is version 3 without the mids and losses.
         s.conn
-            .execute_batch("DROP TABLE mids; PRAGMA user_version = 1;")
+            .execute_batch("DROP TABLE mids; DROP TABLE losses; PRAGMA user_version = 1;")
             .unwrap();
         drop(s);
         let r = SqliteStore::inspect(dir.path()).unwrap();
@@ -272,6 +281,35 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, 1);
+    }
+
+    #[test]
+    fn a_version_2_store_is_read_without_losses_and_a_version_3_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        s.write(&[msg(1, "a"), msg(2, "a")], &[]).unwrap();
+        let loss = crate::store::Loss {
+            client: id("b"),
+            after: Seq(0),
+            upto: Seq(1),
+            lost: 1,
+        };
+        s.record_losses(&[loss]).unwrap();
+        let r = SqliteStore::inspect(dir.path()).unwrap();
+        let b = r.ids.iter().find(|i| i.id == "b").unwrap();
+        assert_eq!(
+            (b.lost, b.lost_upto, b.last_ack),
+            (1, Some(Seq(1)), Some(Seq(1)))
+        );
+        // Version 2 is version 3 without the losses.
+        s.conn
+            .execute_batch("DROP TABLE losses; PRAGMA user_version = 2;")
+            .unwrap();
+        drop(s);
+        let r = SqliteStore::inspect(dir.path()).unwrap();
+        assert_eq!(r.schema_version, 2);
+        let b = r.ids.iter().find(|i| i.id == "b").unwrap();
+        assert_eq!((b.lost, b.lost_upto), (0, None));
     }
 
     #[test]
