@@ -61,6 +61,8 @@ pub fn restart_only_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<&
     }
     let (r, s) = (&running.registry, &new.registry);
     check(r.retain != s.retain, "retain");
+    check(r.retain_max_age != s.retain_max_age, "retain-max-age");
+    check(r.retain_max_bytes != s.retain_max_bytes, "retain-max-bytes");
     check(r.dedupe_window != s.dedupe_window, "dedupe-window");
     let (r, s) = (&running.session, &new.session);
     check(r.max_frame_bytes != s.max_frame_bytes, "max-frame-bytes");
@@ -249,6 +251,7 @@ mod tests {
         new.port = 5001;
         new.max_connections = 11;
         new.session.idle_timeout = None;
+        new.registry.retain_max_age = Some(std::time::Duration::from_secs(60));
         new.storage = StorageConfig::Postgres {
             url: "postgres://u:pw@h/db".into(),
         };
@@ -258,6 +261,7 @@ mod tests {
             [
                 "port",
                 "memory/data-dir/database-url (the kind of store)",
+                "retain-max-age",
                 "idle-timeout",
                 "max-connections"
             ]
