@@ -107,8 +107,8 @@ async fn ready_comes_after_the_start_lines_when_every_listener_accepts() {
     );
 
     let port = port_in(status, "listening");
-    let (mut a, _) = login(port, "1").await;
-    let (mut b, _) = login(port, "2").await;
+    let (mut a, _) = Conn::login(port, "1").await;
+    let (mut b, _) = Conn::login(port, "2").await;
     a.send("SEND hello").await;
     assert!(a.line().await.starts_with("SENT "));
     let got = b.msgs(1).await;
@@ -178,16 +178,4 @@ async fn a_notify_socket_nobody_listens_on_is_logged_and_the_server_serves() {
             "no warning for {what} in {log:?}"
         );
     }
-}
-
-async fn login(port: u16, id: &str) -> (Conn, u64) {
-    let mut c = Conn::connect(port).await;
-    c.send(&format!("LOGIN {id}")).await;
-    let welcome = c.line().await;
-    let pending = welcome
-        .strip_prefix(&format!("WELCOME {id} "))
-        .unwrap_or_else(|| panic!("expected WELCOME, got {welcome:?}"))
-        .parse()
-        .unwrap();
-    (c, pending)
 }

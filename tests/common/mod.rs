@@ -130,15 +130,7 @@ impl Server {
     /// A connection that is logged in as `id` and has read its WELCOME;
     /// returns the announced backlog size too.
     pub async fn login(&self, id: &str) -> (Conn, u64) {
-        let mut c = self.connect().await;
-        c.send(&format!("LOGIN {id}")).await;
-        let welcome = c.line().await;
-        let pending = welcome
-            .strip_prefix(&format!("WELCOME {id} "))
-            .unwrap_or_else(|| panic!("expected WELCOME, got {welcome:?}"))
-            .parse()
-            .unwrap();
-        (c, pending)
+        Conn::login(self.port, id).await
     }
 
     /// Sends a signal to the server.
@@ -187,6 +179,20 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection to `port` that is logged in as `id` and has read its
+    /// WELCOME; returns the announced backlog size too.
+    pub async fn login(port: u16, id: &str) -> (Conn, u64) {
+        let mut c = Conn::connect(port).await;
+        c.send(&format!("LOGIN {id}")).await;
+        let welcome = c.line().await;
+        let pending = welcome
+            .strip_prefix(&format!("WELCOME {id} "))
+            .unwrap_or_else(|| panic!("expected WELCOME, got {welcome:?}"))
+            .parse()
+            .unwrap();
+        (c, pending)
+    }
+
     pub async fn connect(port: u16) -> Conn {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
