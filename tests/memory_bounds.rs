@@ -13,43 +13,11 @@ use std::time::{Duration, Instant};
 
 use rss::{rss_anon_kib, Sampler, MAX_RSS_ANON_KIB};
 
-use common::{parse_msg, Conn, Server, DEADLINE};
+use common::{parse_msg, Server, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// The text of message `i`: its number, then padding up to `size` bytes.
-fn text(i: usize, size: usize) -> String {
-    let head = format!("{i:08}-");
-    head.clone() + &"p".repeat(size - head.len())
-}
-
-/// Sends `n` messages of `size` bytes as `id`, pipelined, and waits for
-/// every `SENT`.
-async fn fill(s: &Server, id: &str, n: usize, size: usize) {
-    let (c, _) = s.login(id).await;
-    let Conn { reader, mut writer } = c;
-    let answers = tokio::spawn(async move {
-        let mut reader = reader;
-        let mut line = Vec::new();
-        for i in 1..=n {
-            line.clear();
-            let got = tokio::time::timeout(DEADLINE, reader.read_until(b'\n', &mut line))
-                .await
-                .expect("timed out waiting for SENT")
-                .unwrap();
-            assert!(got > 0, "connection closed after {i} SENTs");
-            assert_eq!(line, format!("SENT {i}\n").as_bytes());
-        }
-    });
-    // One frame, its number rewritten for each message.
-    let mut frame = format!("SEND {}\n", text(0, size)).into_bytes();
-    for i in 0..n {
-        frame[5..13].copy_from_slice(format!("{i:08}").as_bytes());
-        writer.write_all(&frame).await.unwrap();
-    }
-    answers.await.unwrap();
-}
-
 /// Reads a reader's `WELCOME` and `n` messages of `size` bytes, slowly (a
 /// pause every `pause_every` messages), checking they come in order.
 async fn read_all(stream: TcpStream, id: String, n: usize, size: usize, pause_every: usize) {
@@ -96,7 +64,7 @@ async fn catch_up(extra: &[&str], n: usize, size: usize, pause_every: usize) -> 
     let s = Server::start(&args);
     let sampler = Sampler::start(s.child.id());
     let started = Instant::now();
-    fill(&s, "w", n, size).await;
+    s.fill("w", n, size).await;
     eprintln!("filled {n} x {size} B in {:?}", started.elapsed());
     // Two readers log in and do not read.
     let mut readers = Vec::new();

@@ -14,36 +14,10 @@ use std::time::Instant;
 
 use rss::{Sampler, MAX_RSS_ANON_KIB};
 
-use common::{parse_msg, Conn, Server, DEADLINE};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use common::{parse_msg, Server};
 
 const MESSAGES: usize = 100_000;
 const SIZE: usize = 1000;
-
-/// Sends the messages as `w` over TCP, pipelined, and waits for every SENT.
-async fn send_all(s: &Server) {
-    let (c, _) = s.login("w").await;
-    let Conn { reader, mut writer } = c;
-    let answers = tokio::spawn(async move {
-        let mut reader = reader;
-        let mut line = Vec::new();
-        for i in 1..=MESSAGES {
-            line.clear();
-            let got = tokio::time::timeout(DEADLINE, reader.read_until(b'\n', &mut line))
-                .await
-                .expect("timed out waiting for SENT")
-                .unwrap();
-            assert!(got > 0, "connection closed after {i} SENTs");
-            assert_eq!(line, format!("SENT {i}\n").as_bytes());
-        }
-    });
-    let mut frame = format!("SEND {:08}-{}\n", 0, "p".repeat(SIZE - 9)).into_bytes();
-    for i in 0..MESSAGES {
-        frame[5..13].copy_from_slice(format!("{i:08}").as_bytes());
-        writer.write_all(&frame).await.unwrap();
-    }
-    answers.await.unwrap();
-}
 
 #[tokio::test]
 async fn a_websocket_reader_that_stops_reading_keeps_memory_bounded() {
@@ -66,7 +40,7 @@ async fn a_websocket_reader_that_stops_reading_keeps_memory_bounded() {
     assert_eq!(tab.login("r").await, 0);
     // The tab stops reading; 100 MB of messages flow to it.
     let started = Instant::now();
-    send_all(&s).await;
+    s.fill("w", MESSAGES, SIZE).await;
     let stalled = sampler.max_kib();
     eprintln!(
         "sent {MESSAGES} x {SIZE} B in {:?}; RssAnon at most {stalled} KiB",

@@ -127,6 +127,37 @@ impl Server {
         Conn::connect(self.port).await
     }
 
+    /// Sends `n` messages of `size` bytes as `id`, pipelined, and waits for
+    /// every `SENT` (the server must be empty: seqs are counted from 1).
+    /// Message `i` (from 0) starts with `{i:08}-`, padded with `p`.
+    pub async fn fill(&self, id: &str, n: usize, size: usize) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let (c, _) = self.login(id).await;
+        let Conn {
+            mut reader,
+            mut writer,
+        } = c;
+        let answers = tokio::spawn(async move {
+            let mut line = Vec::new();
+            for i in 1..=n {
+                line.clear();
+                let got = tokio::time::timeout(DEADLINE, reader.read_until(b'\n', &mut line))
+                    .await
+                    .expect("timed out waiting for SENT")
+                    .unwrap();
+                assert!(got > 0, "connection closed after {i} SENTs");
+                assert_eq!(line, format!("SENT {i}\n").as_bytes());
+            }
+        });
+        // One frame, its number rewritten for each message.
+        let mut frame = format!("SEND {:08}-{}\n", 0, "p".repeat(size - 9)).into_bytes();
+        for i in 0..n {
+            frame[5..13].copy_from_slice(format!("{i:08}").as_bytes());
+            writer.write_all(&frame).await.unwrap();
+        }
+        answers.await.unwrap();
+    }
+
     /// A connection that is logged in as `id` and has read its WELCOME;
     /// returns the announced backlog size too.
     pub async fn login(&self, id: &str) -> (Conn, u64) {
