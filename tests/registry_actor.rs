@@ -330,11 +330,20 @@ fn the_mid_window_keeps_the_newest_and_the_recent() {
     assert_eq!(w.get("m1"), Some(Seq(1)));
 }
 
-/// A memory store the test can look into while the registry uses it.
+/// A memory store the test can look into while the registry uses it; it
+/// also records the size of every append (one commit each).
 #[derive(Clone, Default)]
-struct Shared(std::sync::Arc<Mutex<MemoryStore>>);
+struct Shared(
+    std::sync::Arc<Mutex<MemoryStore>>,
+    std::sync::Arc<Mutex<Vec<usize>>>,
+);
 
 impl Shared {
+    /// How many messages each append so far held.
+    fn appends(&self) -> Vec<usize> {
+        self.1.lock().unwrap().clone()
+    }
+
     /// Seqs of the stored messages.
     fn seqs(&self) -> Vec<u64> {
         use herald::store::Store;
@@ -355,6 +364,7 @@ impl herald::store::Store for Shared {
         &mut self,
         batch: &[herald::store::NewMessage],
     ) -> Result<Vec<herald::store::Appended>, herald::store::StoreError> {
+        self.1.lock().unwrap().push(batch.len());
         self.0.lock().unwrap().append(batch)
     }
     fn forget_mids(
@@ -611,4 +621,41 @@ fn the_mid_window_drops_a_stale_copy_without_forgetting_the_newer_one() {
     assert_eq!(w.len(), MAX_MIDS_PER_ID);
     assert_eq!(w.get("m2"), None);
     assert_eq!(w.get("m3"), Some(Seq(4)));
+}
+
+#[actix_rt::test]
+async fn one_reads_burst_of_sends_is_stored_in_one_commit() {
+    let (r, shared) = start_shared(&["a", "b"], RegistryConfig::default());
+    let mut a = Client::connect(&r, "a", true).await;
+    a.welcome().await;
+    let texts: Vec<String> = (0..64).map(|i| format!("line {i}")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    a.publish_burst(&texts);
+    let seqs: Vec<u64> = a.sent_n(64).await.iter().map(|s| s.0).collect();
+    assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
+    assert_eq!(shared.appends(), vec![64], "one commit for the whole burst");
+}
+
+#[actix_rt::test]
+async fn sends_waiting_in_the_mailbox_together_share_one_commit() {
+    let (r, shared) = start_shared(&["a", "b", "c"], RegistryConfig::default());
+    let mut clients = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut c = Client::connect(&r, name, true).await;
+        c.welcome().await;
+        clients.push(c);
+    }
+    // The registry runs on this thread: all three reach its mailbox before
+    // it handles the first, as SENDs from several sessions' reads do.
+    for c in &clients {
+        c.publish("hello");
+    }
+    for c in &mut clients {
+        assert_eq!(c.sent_n(1).await.len(), 1);
+    }
+    assert_eq!(
+        shared.appends(),
+        vec![3],
+        "the first SEND does not go alone while the others wait a whole commit"
+    );
 }

@@ -86,6 +86,14 @@ pub struct Publish {
     pub tags: Tags,
 }
 
+/// Every `SEND` a session decoded from one read, in order. One message per
+/// read rather than per frame, so that a client's burst reaches the registry
+/// whole and goes into one commit (one fsync) instead of its first line going
+/// alone and the rest waiting a whole commit for the next.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct PublishBatch(pub Vec<Publish>);
+
 /// A cumulative acknowledgement, already checked by the session against what
 /// it was sent.
 #[derive(ActixMessage)]

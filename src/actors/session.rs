@@ -26,7 +26,8 @@ use tokio_util::codec::Decoder;
 
 use super::answers::{Answers, Owed};
 use super::messages::{
-    Ack, Credit, Disconnect, InputEnded, Login, Publish, SaveAck, SessionId, ToSession,
+    Ack, Credit, Disconnect, InputEnded, Login, Publish, PublishBatch, SaveAck, SessionId,
+    ToSession,
 };
 use super::registry::Registry;
 use crate::net::transport::{Connection, Input, Reader, TransportKind, Writer, SMALL_READ};
@@ -173,6 +174,8 @@ pub struct Session {
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
     acked: Seq,
+    /// `SEND`s decoded from the current read, forwarded together at its end.
+    publishing: Vec<Publish>,
     /// When the client last sent anything.
     last_input: std::time::Instant,
     /// Counted in the paused sessions gauge.
@@ -221,6 +224,7 @@ impl Session {
             answers: Answers::default(),
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
+            publishing: Vec::new(),
             closing: false,
             last_input: std::time::Instant::now(),
             paused: false,
@@ -392,7 +396,7 @@ impl Session {
         if matches!(self.login, LoginState::Pending(_)) {
             self.registry.do_send(InputEnded { session: self.id });
         }
-        self.forward_ack();
+        self.forward_read();
         self.flush(ctx);
         if self.write_closed {
             // We had finished already and the peer has now stopped too.
@@ -417,13 +421,15 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("decoding from {} failed: {e}", self.peer());
+                    // What was decoded before is still the client's.
+                    self.forward_read();
                     ctx.stop();
                     return;
                 }
             }
         }
         self.shrink_read_buf();
-        self.forward_ack();
+        self.forward_read();
         self.flush(ctx);
     }
 
@@ -463,7 +469,7 @@ impl Session {
                     return self.refuse(ErrorCode::NotLoggedIn, "log in first");
                 }
                 self.answers.owe_send(text.len());
-                self.registry.do_send(Publish {
+                self.publishing.push(Publish {
                     session: self.id,
                     text,
                     tags,
@@ -490,7 +496,7 @@ impl Session {
     /// client's acknowledgements (waiting at most [`SAVE_ACK_WAIT`]; frames
     /// after `QUIT` are not read meanwhile).
     fn quit(&mut self, ctx: &mut Context<Self>) {
-        self.forward_ack();
+        self.forward_read();
         let bye = |act: &mut Session, ctx: &mut Context<Session>| {
             act.answer(ServerFrame::Bye {
                 reason: ByeReason::Quit,
@@ -504,8 +510,20 @@ impl Session {
         ctx.wait(saved.into_actor(self).map(move |_, act, ctx| bye(act, ctx)));
     }
 
-    /// Sends the highest new ack to the registry (once per read, not per frame).
-    fn forward_ack(&mut self) {
+    /// Sends the read's `SEND`s (one message) and the highest new ack to the
+    /// registry: once per read, not per frame.
+    fn forward_read(&mut self) {
+        match self.publishing.len() {
+            0 => {}
+            1 => {
+                if let Some(p) = self.publishing.pop() {
+                    self.registry.do_send(p);
+                }
+            }
+            _ => self
+                .registry
+                .do_send(PublishBatch(std::mem::take(&mut self.publishing))),
+        }
         let Some(id) = self.login.id() else {
             return;
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use herald::actors::messages::{Ack, Credit, Disconnect, Login, Publish, SessionId};
+use herald::actors::messages::{Ack, Credit, Disconnect, Login, Publish, PublishBatch, SessionId};
 use herald::actors::{Registry, ToSession};
 use herald::net::Tags;
 use herald::{ClientId, Seq};
@@ -101,6 +101,19 @@ impl Client {
             text: Bytes::copy_from_slice(text.as_bytes()),
             tags: Tags::default(),
         });
+    }
+
+    /// `SEND`s as a session forwards one read's worth: one message.
+    pub fn publish_burst(&self, texts: &[&str]) {
+        let sends = texts
+            .iter()
+            .map(|t| Publish {
+                session: self.session,
+                text: Bytes::copy_from_slice(t.as_bytes()),
+                tags: Tags::default(),
+            })
+            .collect();
+        self.registry.do_send(PublishBatch(sends));
     }
 
     pub async fn sent(&mut self) -> Vec<Seq> {

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::Registry;
-use crate::actors::messages::{Publish, SessionId, ToSession};
+use crate::actors::messages::{Publish, PublishBatch, SessionId, ToSession};
 use crate::net::{ErrorCode, FrameError, Message};
 use crate::store::{Append, Appended, ForgetMids, MidPolicy, NewMessage, StoreError};
 use crate::types::{unix_ms_now, ClientId, Seq};
@@ -37,18 +37,65 @@ impl Handler<Publish> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        if let Some(queued) = self.authenticating.get_mut(&msg.session) {
-            // Its LOGIN is still being checked.
-            queued.push(msg);
-            return;
+        self.accept(msg);
+        self.schedule_commit(ctx);
+    }
+}
+
+impl Handler<PublishBatch> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: PublishBatch, ctx: &mut Self::Context) {
+        for p in msg.0 {
+            self.accept(p);
         }
-        self.publish(msg, ctx);
+        self.schedule_commit(ctx);
     }
 }
 
 impl Registry {
+    /// Queues a `SEND` for the next commit, or behind its session's `LOGIN`
+    /// while that is still being checked.
+    fn accept(&mut self, msg: Publish) {
+        if let Some(queued) = self.authenticating.get_mut(&msg.session) {
+            queued.push(msg);
+            return;
+        }
+        self.enqueue(msg);
+    }
+
+    /// Queues logged-in sessions' `SEND`s for the next commit.
+    pub(super) fn publish_all(&mut self, msgs: Vec<Publish>, ctx: &mut Context<Self>) {
+        for msg in msgs {
+            self.enqueue(msg);
+        }
+        self.schedule_commit(ctx);
+    }
+
+    /// Starts a commit once the registry has handled every message already
+    /// in its mailbox, not on the first `SEND`: what arrives together (one
+    /// client's burst, several sessions' reads) shares one commit and one
+    /// fsync, while a lone `SEND` waits for no timer. With `max_batch`
+    /// waiting it starts at once, so a mailbox that never empties cannot
+    /// hold commits back.
+    pub(super) fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.commit_scheduled {
+            return;
+        }
+        if self.pending.len() >= self.config.max_batch {
+            return self.commit(ctx);
+        }
+        self.commit_scheduled = true;
+        // Spawned futures run after the mailbox is drained (actix polls the
+        // mailbox first).
+        ctx.spawn(fut::ready(()).map(|(), act: &mut Registry, ctx| {
+            act.commit_scheduled = false;
+            act.commit(ctx);
+        }));
+    }
+
     /// Queues a logged-in session's `SEND` for the next commit.
-    pub(super) fn publish(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+    fn enqueue(&mut self, msg: Publish) {
         let Some(s) = self.sessions.get(&msg.session) else {
             // A session whose login was refused or replaced; it is closing.
             return;
@@ -78,7 +125,6 @@ impl Registry {
             dup,
             first,
         });
-        self.commit(ctx);
     }
 
     /// Sends the next batch of pending `SEND`s to the store, if none is in

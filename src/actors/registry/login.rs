@@ -248,9 +248,7 @@ impl Registry {
             match queued {
                 Some(queued) => {
                     self.admit(sid, id, to, &peer, ctx);
-                    for p in queued {
-                        self.publish(p, ctx);
-                    }
+                    self.publish_all(queued, ctx);
                 }
                 None => log::info!("right secret for {id} from {peer}, but it had disconnected"),
             }

@@ -193,6 +193,8 @@ pub struct Registry {
     inflight_mids: HashSet<(ClientId, String)>,
     /// An append is in flight.
     committing: bool,
+    /// A commit will start once the mailbox is drained.
+    commit_scheduled: bool,
     /// Since when appends find the store unavailable (logged once).
     commits_waiting_since: Option<Instant>,
     /// Client ids whose `last_ack` changed since the last save.
@@ -269,6 +271,7 @@ impl Registry {
             pending: Vec::new(),
             inflight_mids: HashSet::new(),
             committing: false,
+            commit_scheduled: false,
             commits_waiting_since: None,
             dirty_acks: HashSet::new(),
             shutting_down: false,
