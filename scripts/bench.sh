@@ -5,6 +5,11 @@
 #   scripts/bench.sh                 # everything
 #   scripts/bench.sh fanout catchup  # some workloads only
 #   RUNS=5 scripts/bench.sh durable
+#   BEFORE=/path/to/old/bin scripts/bench.sh single   # side by side
+#
+# With BEFORE set to a directory holding an older `server`, every run is made
+# twice, alternating that server and this tree's (the load generator is this
+# tree's for both), and each figure is reported as NAME@before / NAME@after.
 #
 # Workloads (see docs/benchmarks.md):
 #   fanout          20 clients x 20,000 msgs x 100 B, window 64, --memory
@@ -18,7 +23,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 cargo build --release --quiet --bins
-BIN=$PWD/target/release
+BIN=$(realpath "${CARGO_TARGET_DIR:-target}")/release
+BEFORE=${BEFORE:-}
+if [ -n "$BEFORE" ] && [ ! -x "$BEFORE/server" ]; then
+    echo "BEFORE=$BEFORE holds no executable server" >&2
+    exit 2
+fi
+variants=(after)
+[ -z "$BEFORE" ] || variants=(before after)
+server_bin=$BIN/server
+sfx=
+# use_variant before|after: which server the next start_server runs.
+use_variant() {
+    if [ -z "$BEFORE" ]; then return; fi
+    sfx=@$1
+    if [ "$1" = before ]; then server_bin=$BEFORE/server; else server_bin=$BIN/server; fi
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")
 server_pid=
 cleanup() {
@@ -39,7 +59,7 @@ for ((i = 0; i < 10000; i++)); do ids+=",idle-$i"; done
 start_server() {
     if [ "${1:-}" = --keep ]; then shift; else rm -rf "$work/data"; fi
     : >"$work/out"
-    RUST_LOG=warn "$BIN/server" --bind 127.0.0.1 --port 0 --max-connections 20000 --client-ids "$ids" "$@" >"$work/out" 2>>"$work/err" &
+    RUST_LOG=warn "$server_bin" --bind 127.0.0.1 --port 0 --max-connections 20000 --client-ids "$ids" "$@" >"$work/out" 2>>"$work/err" &
     server_pid=$!
     for ((t = 0; t < 400; t++)); do
         line=$(head -n1 "$work/out")
@@ -62,7 +82,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 declare -A res
-record() { res[$1]+="$2 "; }
+record() { res[$1$sfx]+="$2 "; }
 
 # run_load NAME FIELD SERVER-ARGS... -- BENCH-ARGS...
 run_load() {
@@ -75,12 +95,15 @@ run_load() {
     done
     shift
     for ((r = 1; r <= RUNS; r++)); do
-        start_server "${sargs[@]}"
-        json=$("$BIN/bench" --port "$port" --json "$@")
-        echo "[$name run $r] $json"
-        record "$name" "$(field "$fld" <<<"$json")"
-        if [ "$fld" = deliveries_per_sec ]; then record "$name-p99-us" "$(field latency_us_p99 <<<"$json")"; fi
-        stop_server
+        for v in "${variants[@]}"; do
+            use_variant "$v"
+            start_server "${sargs[@]}"
+            json=$("$BIN/bench" --port "$port" --json "$@")
+            echo "[$name$sfx run $r] $json"
+            record "$name" "$(field "$fld" <<<"$json")"
+            if [ "$fld" = deliveries_per_sec ]; then record "$name-p99-us" "$(field latency_us_p99 <<<"$json")"; fi
+            stop_server
+        done
     done
 }
 
@@ -98,31 +121,37 @@ for w in "${workloads[@]}"; do
         single) run_load single-always sends_per_sec --data-dir "$work/data" --sync always -- durable --clients 1 --messages 200000 ;;
         catchup)
             for ((r = 1; r <= RUNS; r++)); do
-                start_server --data-dir "$work/data" --sync always
-                "$BIN/bench" --port "$port" catchup --phase fill --messages 100000 2>/dev/null
-                stop_server
-                start_server --keep --data-dir "$work/data"
-                json=$("$BIN/bench" --port "$port" --json catchup --phase drain --messages 100000)
-                echo "[catchup run $r] $json"
-                record catchup "$(field msgs_per_sec <<<"$json")"
-                stop_server
+                for v in "${variants[@]}"; do
+                    use_variant "$v"
+                    start_server --data-dir "$work/data" --sync always
+                    "$BIN/bench" --port "$port" catchup --phase fill --messages 100000 2>/dev/null
+                    stop_server
+                    start_server --keep --data-dir "$work/data"
+                    json=$("$BIN/bench" --port "$port" --json catchup --phase drain --messages 100000)
+                    echo "[catchup$sfx run $r] $json"
+                    record catchup "$(field msgs_per_sec <<<"$json")"
+                    stop_server
+                done
             done
             ;;
         connections)
             for ((r = 1; r <= RUNS; r++)); do
-                start_server --memory
-                json=$("$BIN/bench" --port "$port" --json connections --clients 10000 --server-pid "$server_pid")
-                echo "[connections run $r] $json"
-                record connections-ms "$(field broadcast_ms <<<"$json")"
-                record connections-bytes "$(field server_bytes_per_connection <<<"$json")"
-                stop_server
+                for v in "${variants[@]}"; do
+                    use_variant "$v"
+                    start_server --memory
+                    json=$("$BIN/bench" --port "$port" --json connections --clients 10000 --server-pid "$server_pid")
+                    echo "[connections$sfx run $r] $json"
+                    record connections-ms "$(field broadcast_ms <<<"$json")"
+                    record connections-bytes "$(field server_bytes_per_connection <<<"$json")"
+                    stop_server
+                done
             done
             ;;
         fsync)
             for ((r = 1; r <= RUNS; r++)); do
                 json=$("$BIN/bench" --json fsync --dir "$work")
                 echo "[fsync run $r] $json"
-                record fsync "$(field fsyncs_per_sec <<<"$json")"
+                sfx= record fsync "$(field fsyncs_per_sec <<<"$json")"
             done
             ;;
         *)
