@@ -182,27 +182,43 @@ enum Next {
 }
 
 impl Pump {
-    async fn run(mut self, mut stream: AggregatedMessageStream) {
+    async fn run(self, mut stream: AggregatedMessageStream) {
         let mut pinged = false;
+        // One timer and one wait for the session's end for the whole
+        // connection, not one each per message: the timer is pushed back
+        // only when it fires, to a ping interval after the last message.
+        let mut heard = tokio::time::Instant::now();
+        let ping = tokio::time::sleep(self.ping_every);
+        let closed = self.tx.closed();
+        tokio::pin!(ping, closed);
         let close = loop {
             let next = tokio::select! {
                 msg = stream.recv() => {
                     pinged = false;
+                    heard = tokio::time::Instant::now();
                     match msg {
                         None => Next::End(None),
                         Some(msg) => self.on_message(msg, &mut stream).await,
                     }
                 }
-                () = tokio::time::sleep(self.ping_every) => {
-                    if pinged {
+                () = &mut ping => {
+                    let now = tokio::time::Instant::now();
+                    if now < heard + self.ping_every {
+                        ping.as_mut().reset(heard + self.ping_every);
+                        Next::Go
+                    } else if pinged {
                         self.fail("no answer to a WebSocket ping").await;
                         Next::End(Some((CloseCode::Away, "no answer to ping".to_owned())))
                     } else {
                         pinged = true;
-                        self.control(Opcode::Ping, b"").await
+                        let next = self.control(Opcode::Ping, b"").await;
+                        // The answer is due a ping interval after the ping
+                        // is queued.
+                        ping.as_mut().reset(tokio::time::Instant::now() + self.ping_every);
+                        next
                     }
                 }
-                () = self.tx.closed() => Next::End(None),
+                () = &mut closed => Next::End(None),
             };
             if let Next::End(close) = next {
                 break close;
@@ -246,7 +262,7 @@ impl Pump {
     }
 
     async fn on_message(
-        &mut self,
+        &self,
         msg: Result<AggregatedMessage, actix_ws::ProtocolError>,
         stream: &mut AggregatedMessageStream,
     ) -> Next {
@@ -295,7 +311,7 @@ impl Pump {
     }
 
     async fn on_error(
-        &mut self,
+        &self,
         e: actix_ws::ProtocolError,
         stream: &mut AggregatedMessageStream,
     ) -> Next {
@@ -319,7 +335,7 @@ impl Pump {
     /// The connection ended without a close message (the peer closed its
     /// TCP connection): the messages that came before the end are still
     /// handed on, then the session sees the end of input, as over TCP.
-    async fn on_transport_end(&mut self, stream: &mut AggregatedMessageStream) -> Next {
+    async fn on_transport_end(&self, stream: &mut AggregatedMessageStream) -> Next {
         while let Some(Ok(msg)) = ready_now(stream).await {
             if let Next::End(_) = self.on_message(Ok(msg), stream).await {
                 break;
