@@ -207,9 +207,13 @@ impl WsReader {
     }
 
     /// Sends a pong or the answer to a close; a failure shows on the next
-    /// read or write.
+    /// read or write. Skipped while the writer is sending: waiting for it
+    /// could stop this side from reading while the server waits for us to
+    /// read, and the messages being sent answer a ping as well as a pong.
     async fn answer(&mut self, opcode: OpCode, payload: &[u8]) {
-        let mut send = self.send.lock().await;
+        let Ok(mut send) = self.send.try_lock() else {
+            return;
+        };
         if send.encode(opcode, payload).is_ok() {
             let _ = send.flush().await;
         }
