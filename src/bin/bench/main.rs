@@ -21,6 +21,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod servers;
 mod transport;
 mod workloads;
+mod ws;
 
 use servers::NodeList;
 use workloads as bench;

@@ -4,13 +4,11 @@
 
 use std::io;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
+
+use crate::ws::{WsReader, WsWriter};
 
 /// The transport of every connection of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -33,22 +31,16 @@ pub struct Addr {
     pub transport: Transport,
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
 /// The reading side: one frame at a time, with its `\n`.
 pub enum Reader {
     Tcp(BufReader<OwnedReadHalf>),
-    Ws(SplitStream<Ws>),
+    Ws(WsReader),
 }
 
 /// The writing side: takes whole `\n`-terminated frames.
 pub enum Writer {
     Tcp(OwnedWriteHalf),
-    Ws(SplitSink<Ws, Message>),
-}
-
-fn ws_error(e: tungstenite::Error) -> io::Error {
-    io::Error::other(e)
+    Ws(WsWriter),
 }
 
 /// Opens a connection; `capacity` is the TCP read buffer's size.
@@ -67,13 +59,14 @@ pub async fn connect(addr: &Addr, capacity: usize) -> anyhow::Result<(Reader, Wr
             ))
         }
         Transport::Ws => {
-            let url = format!("ws://{}:{}/ws", addr.host, addr.port);
-            let (ws, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+            let (r, w) = crate::ws::connect(stream, &addr.host, addr.port, capacity)
                 .await
                 .with_context(|| {
-                    format!("no WebSocket at {url} (is the server started with --http-bind?)")
+                    format!(
+                        "no WebSocket at ws://{}:{}/ws (is the server started with --http-bind?)",
+                        addr.host, addr.port
+                    )
                 })?;
-            let (w, r) = ws.split();
             Ok((Reader::Ws(r), Writer::Ws(w)))
         }
     }
@@ -85,18 +78,7 @@ impl Reader {
     pub async fn read_until(&mut self, delim: u8, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
             Reader::Tcp(r) => r.read_until(delim, buf).await,
-            Reader::Ws(r) => loop {
-                match r.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        buf.extend_from_slice(t.as_bytes());
-                        buf.push(delim);
-                        return Ok(t.len() + 1);
-                    }
-                    Some(Ok(Message::Close(_))) | None => return Ok(0),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(ws_error(e)),
-                }
-            },
+            Reader::Ws(r) => r.read_until(delim, buf).await,
         }
     }
 }
@@ -106,14 +88,7 @@ impl Writer {
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
             Writer::Tcp(w) => w.write_all(buf).await,
-            Writer::Ws(w) => {
-                for frame in buf.split(|&b| b == b'\n').filter(|f| !f.is_empty()) {
-                    let text = std::str::from_utf8(frame)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    w.feed(Message::text(text)).await.map_err(ws_error)?;
-                }
-                w.flush().await.map_err(ws_error)
-            }
+            Writer::Ws(w) => w.write_all(buf).await,
         }
     }
 }

@@ -7,25 +7,25 @@
 //! request, and sessions run on the session threads; a pump on the HTTP
 //! worker reads the stream, answers WebSocket pings, pings a silent peer, and
 //! hands text messages to the session's reader through a channel bounded in
-//! bytes ([`inbound_budget`]). Outbound ([`outbound`]), the session's frames
+//! bytes ([`inbound_budget`]), the messages that are ready at once as one
+//! item ([`pump`]). Outbound ([`outbound`]), the session's frames
 //! go to the worker in batches through a channel bounded in bytes too, so a
 //! peer that stops reading stops the session's writes and with them (as on
 //! TCP) its reading.
 
 pub mod outbound;
+mod pump;
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode};
-use bytes::BytesMut;
-use bytestring::ByteString;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use self::outbound::OutboundBody;
 pub use self::outbound::WsWriter;
-use self::outbound::{Opcode, Outbound, OutboundBody};
-use super::frame::{ErrorCode, FrameError};
+use self::pump::Pump;
+use super::frame::FrameError;
 
 /// Largest WebSocket message accepted at all, for a frame limit of `limit`
 /// bytes: twice the limit, and at least the limit plus 1 MiB. Messages
@@ -46,9 +46,9 @@ pub fn inbound_budget(limit: usize) -> usize {
     limit.saturating_add(2).max(64 * 1024)
 }
 
-/// Messages (not bytes: those are bounded by the budget) the inbound channel
+/// Items (not bytes: those are bounded by the budget) the inbound channel
 /// holds at most.
-const INBOUND_MESSAGES: usize = 256;
+const INBOUND_ITEMS: usize = 256;
 
 /// How long a WebSocket peer may stay silent before it is pinged, and then
 /// how long it has to answer before it is closed: a quarter of the idle
@@ -63,9 +63,10 @@ pub fn ping_interval(idle_timeout: Option<Duration>) -> Duration {
 
 /// What the pump hands the session's reader.
 enum Inbound {
-    /// One accepted frame (without terminator), holding its share of the
-    /// byte budget until the reader has copied it.
-    Frame(ByteString, OwnedSemaphorePermit),
+    /// Accepted frames, each followed by `\n` (the messages that were
+    /// ready at once), holding their share of the byte budget until the
+    /// reader has copied them.
+    Frames(Bytes, OwnedSemaphorePermit),
     /// A message refused as a frame: answered with this error, in order.
     Refused(FrameError),
     /// The connection failed (protocol error, or no answer to a ping).
@@ -106,11 +107,9 @@ impl WsReader {
         let mut n = 0;
         loop {
             match next {
-                Inbound::Frame(text, permit) => {
-                    buf.reserve(text.len() + 1);
-                    buf.extend_from_slice(text.as_bytes());
-                    buf.extend_from_slice(b"\n");
-                    n += text.len() + 1;
+                Inbound::Frames(frames, permit) => {
+                    buf.extend_from_slice(&frames);
+                    n += frames.len();
                     drop(permit);
                 }
                 Inbound::Refused(e) if n == 0 => return Ok(WsRead::Refused(e)),
@@ -145,200 +144,20 @@ pub fn start(
         .max_frame_size(cap)
         .aggregate_continuations()
         .max_continuation_size(cap);
-    let (tx, rx) = mpsc::channel(INBOUND_MESSAGES);
+    let (tx, rx) = mpsc::channel(INBOUND_ITEMS);
     // The longest message out: a MSG frame of the longest text.
     let (out, body) = outbound::channel(outbound::outbound_budget(cap));
-    let pump = Pump {
+    let pump = Pump::new(
         tx,
-        budget: Arc::new(Semaphore::new(inbound_budget(max_frame_bytes))),
-        out: out.clone(),
+        inbound_budget(max_frame_bytes),
+        out.clone(),
         max_frame_bytes,
-        ping_every: ping_interval(idle_timeout),
-    };
+        ping_interval(idle_timeout),
+    );
     actix_web::rt::spawn(pump.run(stream));
     (
         WsReader { rx, held: None },
         WsWriter { out: Some(out) },
         body,
     )
-}
-
-/// Reads the message stream on the HTTP worker.
-struct Pump {
-    tx: mpsc::Sender<Inbound>,
-    budget: Arc<Semaphore>,
-    /// For pings, pongs and closes, in line with the session's messages.
-    out: Outbound,
-    max_frame_bytes: usize,
-    ping_every: Duration,
-}
-
-/// What the pump does after one event.
-enum Next {
-    Go,
-    /// Stop reading; close with this status and reason (none: the peer
-    /// closed, or the session is gone).
-    End(Option<(CloseCode, String)>),
-}
-
-impl Pump {
-    async fn run(mut self, mut stream: AggregatedMessageStream) {
-        let mut pinged = false;
-        let close = loop {
-            let next = tokio::select! {
-                msg = stream.recv() => {
-                    pinged = false;
-                    match msg {
-                        None => Next::End(None),
-                        Some(msg) => self.on_message(msg, &mut stream).await,
-                    }
-                }
-                () = tokio::time::sleep(self.ping_every) => {
-                    if pinged {
-                        self.fail("no answer to a WebSocket ping").await;
-                        Next::End(Some((CloseCode::Away, "no answer to ping".to_owned())))
-                    } else {
-                        pinged = true;
-                        self.control(Opcode::Ping, b"").await
-                    }
-                }
-                () = self.tx.closed() => Next::End(None),
-            };
-            if let Next::End(close) = next {
-                break close;
-            }
-        };
-        if let Some((code, why)) = close {
-            // A peer that does not read gets no close message either.
-            let _ = tokio::time::timeout(self.ping_every, self.out.close(code.into(), &why)).await;
-        }
-        // Dropping the sender ends the session's input.
-    }
-
-    /// Queues a ping or pong behind the session's messages. A peer that
-    /// leaves no room for it within a ping interval is not reading: it is
-    /// closed as one that does not answer pings. Gives up at once when the
-    /// session is gone.
-    async fn control(&self, op: Opcode, payload: &[u8]) -> Next {
-        let sent = tokio::select! {
-            sent = tokio::time::timeout(self.ping_every, self.out.control(op, payload)) => sent,
-            () = self.tx.closed() => return Next::End(None),
-        };
-        match sent {
-            Ok(Ok(())) => Next::Go,
-            Ok(Err(_)) => Next::End(None),
-            Err(_) => {
-                self.fail("a WebSocket peer that does not read").await;
-                Next::End(Some((CloseCode::Away, "not reading".to_owned())))
-            }
-        }
-    }
-
-    /// Tells the session the connection failed (it may be gone already).
-    /// Within a ping interval: a session that has stopped reading sees the
-    /// end of input instead, once the pump is gone.
-    async fn fail(&self, why: &str) {
-        let failed = Inbound::Failed(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            why.to_owned(),
-        ));
-        let _ = tokio::time::timeout(self.ping_every, self.tx.send(failed)).await;
-    }
-
-    async fn on_message(
-        &mut self,
-        msg: Result<AggregatedMessage, actix_ws::ProtocolError>,
-        stream: &mut AggregatedMessageStream,
-    ) -> Next {
-        let msg = match msg {
-            Ok(msg) => msg,
-            Err(e) => return Box::pin(self.on_error(e, stream)).await,
-        };
-        let item = match msg {
-            AggregatedMessage::Text(text) => self.frame(text).await,
-            AggregatedMessage::Binary(_) => Some(Inbound::Refused(FrameError::new(
-                ErrorCode::BadFrame,
-                "binary message: frames are text messages",
-            ))),
-            AggregatedMessage::Ping(data) => return self.control(Opcode::Pong, &data).await,
-            AggregatedMessage::Pong(_) => None,
-            AggregatedMessage::Close(_) => return Next::End(None),
-        };
-        match item {
-            Some(item) => match self.tx.send(item).await {
-                Ok(()) => Next::Go,
-                Err(_) => Next::End(None),
-            },
-            None => Next::Go,
-        }
-    }
-
-    /// A text message as a frame (a `\r` at its end dropped), or its
-    /// refusal; waits for room in the byte budget.
-    async fn frame(&self, text: ByteString) -> Option<Inbound> {
-        let len = text.len() - usize::from(text.ends_with('\r'));
-        if len > self.max_frame_bytes {
-            return Some(Inbound::Refused(FrameError::new(
-                ErrorCode::FrameTooLong,
-                format!("frame longer than {} bytes", self.max_frame_bytes),
-            )));
-        }
-        if text.contains('\n') {
-            return Some(Inbound::Refused(FrameError::new(
-                ErrorCode::BadFrame,
-                "a newline inside a message: one message is one frame",
-            )));
-        }
-        let need = u32::try_from(text.len() + 1).unwrap_or(u32::MAX);
-        let permit = self.budget.clone().acquire_many_owned(need).await.ok()?;
-        Some(Inbound::Frame(text, permit))
-    }
-
-    async fn on_error(
-        &mut self,
-        e: actix_ws::ProtocolError,
-        stream: &mut AggregatedMessageStream,
-    ) -> Next {
-        use actix_ws::ProtocolError as P;
-        let (code, why) = match &e {
-            P::Overflow => (CloseCode::Size, "message too big".to_owned()),
-            P::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
-                (CloseCode::Invalid, "text message is not UTF-8".to_owned())
-            }
-            P::Io(io) if io.to_string().contains("continuation size") => {
-                (CloseCode::Size, "message too big".to_owned())
-            }
-            P::Io(_) => return self.on_transport_end(stream).await,
-            _ => (CloseCode::Protocol, e.to_string()),
-        };
-        log::info!("closing a WebSocket: {why}");
-        self.fail(&why).await;
-        Next::End(Some((code, why)))
-    }
-
-    /// The connection ended without a close message (the peer closed its
-    /// TCP connection): the messages that came before the end are still
-    /// handed on, then the session sees the end of input, as over TCP.
-    async fn on_transport_end(&mut self, stream: &mut AggregatedMessageStream) -> Next {
-        while let Some(Ok(msg)) = ready_now(stream).await {
-            if let Next::End(_) = self.on_message(Ok(msg), stream).await {
-                break;
-            }
-        }
-        Next::End(None)
-    }
-}
-
-/// The stream's next message if one is ready without waiting.
-async fn ready_now(
-    stream: &mut AggregatedMessageStream,
-) -> Option<Result<AggregatedMessage, actix_ws::ProtocolError>> {
-    use std::future::Future;
-    use std::task::Poll;
-    let mut next = std::pin::pin!(stream.recv());
-    std::future::poll_fn(|cx| match next.as_mut().poll(cx) {
-        Poll::Ready(msg) => Poll::Ready(msg),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
 }

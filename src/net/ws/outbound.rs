@@ -164,16 +164,23 @@ impl WsWriter {
     pub async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         let out = self.out.as_ref().ok_or_else(closed)?;
         let mut batch = BytesMut::with_capacity((buf.len() + buf.len() / 8 + 16).min(2 * BATCH));
-        // As text, the frames are split with the standard library's fast
-        // byte search; checking that they are UTF-8 costs less than a
-        // byte-at-a-time split.
-        let text = std::str::from_utf8(buf)
+        // Text messages must be UTF-8: checked once for the whole buffer
+        // (ASCII goes a word at a time). The frames are then split with a
+        // vectorised newline search, which on frames of a hundred bytes
+        // costs a fraction of a word-at-a-time one.
+        std::str::from_utf8(buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        for frame in text.split_terminator('\n') {
-            encode(Opcode::Text, frame.as_bytes(), &mut batch);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', buf) {
+            encode(Opcode::Text, &buf[start..end], &mut batch);
+            start = end + 1;
             if batch.len() >= BATCH {
                 out.send(batch.split().freeze()).await?;
             }
+        }
+        if start < buf.len() {
+            // Not expected (whole frames come in), but nothing is dropped.
+            encode(Opcode::Text, &buf[start..], &mut batch);
         }
         if !batch.is_empty() {
             out.send(batch.freeze()).await?;
