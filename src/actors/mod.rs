@@ -2,6 +2,7 @@
 //! log) and one [`Session`] per connection.
 
 mod answers;
+mod deadlines;
 pub mod dedupe;
 pub mod messages;
 pub mod registry;

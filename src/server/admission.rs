@@ -91,7 +91,7 @@ pub(super) struct Dispatch {
     workers: Vec<actix_rt::ArbiterHandle>,
     next: std::sync::atomic::AtomicUsize,
     registry: Addr<Registry>,
-    session: SessionConfig,
+    session: std::sync::Arc<SessionConfig>,
     refusals: std::sync::Mutex<RefusalLog>,
 }
 
@@ -109,7 +109,7 @@ impl Dispatch {
             workers: workers.iter().map(Arbiter::handle).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
             registry,
-            session,
+            session: std::sync::Arc::new(session),
             refusals: std::sync::Mutex::new(RefusalLog::default()),
         }
     }
@@ -213,7 +213,7 @@ async fn serve(
     std_stream: std::net::TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
     registry: Addr<Registry>,
-    config: SessionConfig,
+    config: std::sync::Arc<SessionConfig>,
     slot: ConnectionSlot,
 ) {
     let stream = match tokio::net::TcpStream::from_std(std_stream) {
