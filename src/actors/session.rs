@@ -151,8 +151,9 @@ pub struct Session {
     id: SessionId,
     peer: Option<SocketAddr>,
     kind: TransportKind,
-    registry: Addr<Registry>,
-    /// Shared by the server's sessions.
+    /// The registry's address and the configuration, each shared by the
+    /// server's sessions.
+    registry: std::sync::Arc<Addr<Registry>>,
     config: std::sync::Arc<SessionConfig>,
     login: LoginState,
     codec: ServerCodec,
@@ -212,14 +213,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for an accepted connection. Sessions may share one
-    /// `Arc` of their configuration.
+    /// A session for an accepted connection. Sessions may share one `Arc`
+    /// of the registry's address and of their configuration.
     pub fn new(
         conn: Connection,
-        registry: Addr<Registry>,
+        registry: impl Into<std::sync::Arc<Addr<Registry>>>,
         config: impl Into<std::sync::Arc<SessionConfig>>,
     ) -> Session {
-        let config = config.into();
+        let (registry, config) = (registry.into(), config.into());
         let Connection {
             reader,
             writer,
@@ -625,8 +626,9 @@ impl Session {
         .map(move |(writer, buf, res), act, ctx| {
             act.writing = false;
             act.writer = Some(writer);
-            // Keep a small buffer for the next time; let a big one go.
-            act.spare = if buf.capacity() > 64 * 1024 {
+            // Keep the buffer of a busy connection for the next time; let a
+            // big one go, and a tiny one (a quiet connection keeps nothing).
+            act.spare = if buf.capacity() > 64 * 1024 || buf.capacity() < 1024 {
                 BytesMut::new()
             } else {
                 buf

@@ -83,7 +83,6 @@ pub struct PlainReader {
     half: OwnedReadHalf,
     /// Whether the first bytes are still to be checked.
     sniff: bool,
-    peer: Option<SocketAddr>,
 }
 
 /// Does input that starts with `first` look like a TLS handshake record
@@ -111,8 +110,9 @@ pub fn leading_verb(first: &[u8]) -> Option<&str> {
 pub enum Writer {
     /// A byte stream (TCP or TLS): bytes go out as they are.
     Stream(Box<dyn AsyncWrite + Unpin + Send>),
-    /// WebSocket: each frame goes out as one text message.
-    Ws(WsWriter),
+    /// WebSocket: each frame goes out as one text message (boxed, so every
+    /// session's writer is as small as a stream's).
+    Ws(Box<WsWriter>),
 }
 
 impl Writer {
@@ -155,7 +155,6 @@ impl Connection {
             reader: Reader::Plain(PlainReader {
                 half: reader,
                 sniff: true,
-                peer,
             }),
             writer: Writer::Stream(Box::new(writer)),
             peer,
@@ -185,7 +184,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             reader: Reader::Ws(reader),
-            writer: Writer::Ws(writer),
+            writer: Writer::Ws(Box::new(writer)),
             peer,
             kind: if secure {
                 TransportKind::Wss
@@ -252,8 +251,9 @@ impl PlainReader {
             };
             if std::mem::take(&mut self.sniff) && looks_like_tls(&chunk[..n.min(3)]) {
                 let peer = self
-                    .peer
-                    .map_or_else(|| "a client".to_owned(), |p| p.to_string());
+                    .half
+                    .peer_addr()
+                    .map_or_else(|_| "a client".to_owned(), |p| p.to_string());
                 log::warn!(
                     "{peer}: looks like a TLS handshake on a plain port; closing (start the server with --tls-cert and --tls-key, or run the client without --tls)"
                 );

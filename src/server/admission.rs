@@ -90,7 +90,7 @@ pub(super) struct Dispatch {
     max: usize,
     workers: Vec<actix_rt::ArbiterHandle>,
     next: std::sync::atomic::AtomicUsize,
-    registry: Addr<Registry>,
+    registry: std::sync::Arc<Addr<Registry>>,
     session: std::sync::Arc<SessionConfig>,
     refusals: std::sync::Mutex<RefusalLog>,
 }
@@ -108,7 +108,7 @@ impl Dispatch {
             max,
             workers: workers.iter().map(Arbiter::handle).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
-            registry,
+            registry: std::sync::Arc::new(registry),
             session: std::sync::Arc::new(session),
             refusals: std::sync::Mutex::new(RefusalLog::default()),
         }
@@ -212,7 +212,7 @@ pub(super) fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
 async fn serve(
     std_stream: std::net::TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    registry: Addr<Registry>,
+    registry: std::sync::Arc<Addr<Registry>>,
     config: std::sync::Arc<SessionConfig>,
     slot: ConnectionSlot,
 ) {

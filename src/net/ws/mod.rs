@@ -87,7 +87,8 @@ pub struct WsReader {
     rx: mpsc::Receiver<Inbound>,
     /// An item taken from the channel but left for the next read, so a
     /// refusal is answered after the frames before it.
-    held: Option<Inbound>,
+    /// Boxed: rare, and it would make every session's reader as big.
+    held: Option<Box<Inbound>>,
 }
 
 impl WsReader {
@@ -103,7 +104,7 @@ impl WsReader {
     ) -> std::task::Poll<io::Result<WsRead>> {
         use std::task::Poll;
         let mut next = match self.held.take() {
-            Some(item) => item,
+            Some(item) => *item,
             None => match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(item)) => item,
                 Poll::Ready(None) => return Poll::Ready(Ok(WsRead::Eof)),
@@ -123,7 +124,7 @@ impl WsReader {
                 Inbound::Refused(e) if n == 0 => return Poll::Ready(Ok(WsRead::Refused(e))),
                 Inbound::Failed(e) if n == 0 => return Poll::Ready(Err(e)),
                 other => {
-                    self.held = Some(other);
+                    self.held = Some(Box::new(other));
                     break;
                 }
             }
