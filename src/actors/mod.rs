@@ -2,7 +2,9 @@
 //! log) and one [`Session`] per connection.
 
 mod answers;
+mod deadlines;
 pub mod dedupe;
+pub mod fanout;
 pub mod messages;
 pub mod registry;
 mod retention;

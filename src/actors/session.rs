@@ -17,14 +17,19 @@
 //! Answers to a client's frames (`SENT`, `PONG`, `ERR`, `BYE quit`) go out
 //! in the order of the frames they answer.
 
+use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use super::answers::{Answers, Owed};
+use super::deadlines::{self, Due};
+use super::fanout::{self, Route};
 use super::messages::{
     Ack, Credit, Disconnect, InputEnded, Login, Publish, PublishBatch, SaveAck, SessionId,
     ToSession,
@@ -125,13 +130,33 @@ impl LoginState {
     }
 }
 
+/// A session's read of its socket, spawned in its context: it polls the
+/// reader where it lies in the session, so a connection waiting for input
+/// holds no future state of its own (the spawned box is empty).
+struct ReadInput;
+
+impl ActorFuture<Session> for ReadInput {
+    type Output = io::Result<Input>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Session,
+        _: &mut Context<Session>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<Self::Output> {
+        act.poll_input(task)
+    }
+}
+
 /// The actor behind one connection.
 pub struct Session {
     id: SessionId,
     peer: Option<SocketAddr>,
     kind: TransportKind,
-    registry: Addr<Registry>,
-    config: SessionConfig,
+    /// The registry's address and the configuration, each shared by the
+    /// server's sessions.
+    registry: std::sync::Arc<Addr<Registry>>,
+    config: std::sync::Arc<SessionConfig>,
     login: LoginState,
     codec: ServerCodec,
 
@@ -139,8 +164,10 @@ pub struct Session {
     read_buf: BytesMut,
     /// Bytes to make room for before the next read.
     read_size: usize,
-    /// A read future is under way.
+    /// A read is under way ([`ReadInput`] spawned).
     reading: bool,
+    /// That read let the event loop run once before touching the socket.
+    read_yielded: bool,
     /// Decoding stopped at a pause: `read_buf` may hold complete frames,
     /// decoded before the next read.
     stalled: bool,
@@ -177,7 +204,9 @@ pub struct Session {
     /// `SEND`s decoded from the current read, forwarded together at its end.
     publishing: Vec<Publish>,
     /// When the client last sent anything.
-    last_input: std::time::Instant,
+    last_input: Instant,
+    /// The earliest deadline armed with the thread's deadline queue.
+    due: Option<Instant>,
     /// Counted in the paused sessions gauge.
     paused: bool,
     /// Counts this connection among the open ones while it lives.
@@ -188,8 +217,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for an accepted connection.
-    pub fn new(conn: Connection, registry: Addr<Registry>, config: SessionConfig) -> Session {
+    /// A session for an accepted connection. Sessions may share one `Arc`
+    /// of the registry's address and of their configuration.
+    pub fn new(
+        conn: Connection,
+        registry: impl Into<std::sync::Arc<Addr<Registry>>>,
+        config: impl Into<std::sync::Arc<SessionConfig>>,
+    ) -> Session {
+        let (registry, config) = (registry.into(), config.into());
         let Connection {
             reader,
             writer,
@@ -208,6 +243,7 @@ impl Session {
             read_buf: BytesMut::new(),
             read_size: MIN_READ,
             reading: false,
+            read_yielded: false,
             stalled: false,
             eof: false,
             read_buf_grown: false,
@@ -226,7 +262,8 @@ impl Session {
             acked: Seq::ZERO,
             publishing: Vec::new(),
             closing: false,
-            last_input: std::time::Instant::now(),
+            last_input: Instant::now(),
+            due: None,
             paused: false,
             _counted: None,
         }
@@ -254,15 +291,18 @@ impl Session {
         self.begin_close(ctx);
     }
 
-    /// Closes a logged-in connection that has been silent for too long. A
-    /// connection whose reading we paused ourselves is not silent.
-    fn idle_check(&mut self, idle: Duration, ctx: &mut Context<Self>) {
+    /// Closes a logged-in connection that has been silent for too long, or
+    /// arms the check for when it would have been. A connection whose
+    /// reading we paused ourselves is not silent.
+    fn idle_check(&mut self, ctx: &mut Context<Self>) {
+        let Some(idle) = self.config.idle_timeout else {
+            return;
+        };
         if self.closing || !matches!(self.login, LoginState::In(_)) {
             return;
         }
         if self.read_paused() {
-            self.last_input = std::time::Instant::now();
-            return;
+            self.last_input = Instant::now();
         }
         if self.last_input.elapsed() >= idle {
             log::info!("{}: silent for {idle:?}; closing", self.peer());
@@ -272,6 +312,17 @@ impl Session {
             .encode(&mut self.out);
             self.drop_owed_answers();
             self.begin_close(ctx);
+        } else {
+            self.arm_deadline(self.last_input + idle, ctx);
+        }
+    }
+
+    /// Has the thread's deadline queue send [`Due`] at `at`, unless a
+    /// deadline no later than it is armed already (its check arms the next).
+    fn arm_deadline(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if self.due.is_none_or(|d| at < d) {
+            self.due = Some(at);
+            deadlines::arm(at, ctx.address().downgrade());
         }
     }
 
@@ -296,7 +347,11 @@ impl Session {
             self.paused = paused;
             match paused {
                 true => self.config.metrics.sessions_paused.inc(),
-                false => self.config.metrics.sessions_paused.dec(),
+                false => {
+                    // The client was not silent while we did not read.
+                    self.last_input = Instant::now();
+                    self.config.metrics.sessions_paused.dec()
+                }
             };
         }
     }
@@ -319,57 +374,65 @@ impl Session {
             self.eof = false;
             return self.on_eof(ctx);
         }
-        let Some(mut reader) = self.reader.take() else {
+        if self.reader.is_none() {
             return;
-        };
-        let mut buf = std::mem::take(&mut self.read_buf);
-        let want = self.read_size;
-        self.reading = true;
-        async move {
-            // Let the event loop run first: a peer that always has input
-            // ready would otherwise keep this session's context polling
-            // forever, starving timers (the close grace) and the other
-            // sessions on this thread.
-            tokio::task::yield_now().await;
-            let res = reader.read_some(&mut buf, want).await;
-            (reader, buf, res)
         }
-        .into_actor(self)
-        .map(|(reader, buf, res), act, ctx| {
-            act.reading = false;
-            act.reader = Some(reader);
-            act.read_buf = buf;
-            match res {
-                Ok(Input::Eof) => {
-                    act.eof = true;
-                    act.start_read(ctx);
-                }
-                Ok(Input::Refused(e)) => {
-                    act.last_input = std::time::Instant::now();
-                    act.handle_item(Err(e), ctx);
-                    act.flush(ctx);
-                    act.start_read(ctx);
-                }
-                Ok(Input::Bytes(n)) => {
-                    act.last_input = std::time::Instant::now();
-                    // Grow the next read while reads fill the buffer; start
-                    // small again once the client pauses.
-                    act.read_size = if n >= act.read_size {
-                        (act.read_size * 2).min(MAX_READ)
-                    } else {
-                        MIN_READ
-                    };
-                    act.config.metrics.received_bytes.inc_by(n as u64);
-                    act.decode_frames(ctx);
-                    act.start_read(ctx);
-                }
-                Err(e) => {
-                    log::debug!("read from {} failed: {e}", act.peer());
-                    ctx.stop();
-                }
+        self.reading = true;
+        self.read_yielded = false;
+        ReadInput
+            .map(|res, act: &mut Session, ctx| act.on_input(res, ctx))
+            .spawn(ctx);
+    }
+
+    /// Polls the socket for input, in place; see [`ReadInput`].
+    fn poll_input(&mut self, task: &mut std::task::Context<'_>) -> Poll<io::Result<Input>> {
+        // Let the event loop run first: a peer that always has input ready
+        // would otherwise keep this session's context polling forever,
+        // starving timers (the close grace) and the other sessions on this
+        // thread.
+        if !self.read_yielded {
+            self.read_yielded = true;
+            task.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match self.reader.as_mut() {
+            Some(reader) => reader.poll_read_some(task, &mut self.read_buf, self.read_size),
+            None => Poll::Ready(Ok(Input::Eof)),
+        }
+    }
+
+    /// A read finished: handles what it brought and reads on.
+    fn on_input(&mut self, res: io::Result<Input>, ctx: &mut Context<Self>) {
+        self.reading = false;
+        match res {
+            Ok(Input::Eof) => {
+                self.eof = true;
+                self.start_read(ctx);
             }
-        })
-        .spawn(ctx);
+            Ok(Input::Refused(e)) => {
+                self.last_input = Instant::now();
+                self.handle_item(Err(e), ctx);
+                self.flush(ctx);
+                self.start_read(ctx);
+            }
+            Ok(Input::Bytes(n)) => {
+                self.last_input = Instant::now();
+                // Grow the next read while reads fill the buffer; start
+                // small again once the client pauses.
+                self.read_size = if n >= self.read_size {
+                    (self.read_size * 2).min(MAX_READ)
+                } else {
+                    MIN_READ
+                };
+                self.config.metrics.received_bytes.inc_by(n as u64);
+                self.decode_frames(ctx);
+                self.start_read(ctx);
+            }
+            Err(e) => {
+                log::debug!("read from {} failed: {e}", self.peer());
+                ctx.stop();
+            }
+        }
     }
 
     /// Lets go of a read buffer that is empty, or that a long frame made
@@ -582,8 +645,9 @@ impl Session {
         .map(move |(writer, buf, res), act, ctx| {
             act.writing = false;
             act.writer = Some(writer);
-            // Keep a small buffer for the next time; let a big one go.
-            act.spare = if buf.capacity() > 64 * 1024 {
+            // Keep the buffer of a busy connection for the next time; let a
+            // big one go, and a tiny one (a quiet connection keeps nothing).
+            act.spare = if buf.capacity() > 64 * 1024 || buf.capacity() < 1024 {
                 BytesMut::new()
             } else {
                 buf
@@ -661,11 +725,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         log::info!("connection from {} ({})", self.peer(), self.kind.label());
         if let Some(t) = self.config.login_timeout {
-            ctx.run_later(t, |act, ctx| act.login_deadline(ctx));
-        }
-        if let Some(idle) = self.config.idle_timeout {
-            let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-            ctx.run_interval(every, move |act, ctx| act.idle_check(idle, ctx));
+            self.arm_deadline(Instant::now() + t, ctx);
         }
         self.config.metrics.connection_opened(self.kind);
         self.start_read(ctx);
@@ -677,7 +737,26 @@ impl Actor for Session {
         if self.paused {
             self.config.metrics.sessions_paused.dec();
         }
+        fanout::leave(self.id);
         self.registry.do_send(Disconnect { session: self.id });
+    }
+}
+
+impl Handler<Due> for Session {
+    type Result = ();
+
+    /// A deadline passed: before `LOGIN` the only one armed is the login
+    /// deadline; after it, the idle check says whether the client was
+    /// silent for too long and arms the next check.
+    fn handle(&mut self, _: Due, ctx: &mut Self::Context) {
+        if self.due.is_some_and(|d| d <= Instant::now()) {
+            self.due = None;
+        }
+        match self.login {
+            LoginState::None => self.login_deadline(ctx),
+            LoginState::Pending(_) => {}
+            LoginState::In(_) => self.idle_check(ctx),
+        }
     }
 }
 
@@ -694,7 +773,16 @@ impl Handler<ToSession> for Session {
                 self.window = window;
                 self.config.metrics.logins.inc();
                 self.login = LoginState::In(id.clone());
+                if let Some(idle) = self.config.idle_timeout {
+                    self.arm_deadline(self.last_input + idle, ctx);
+                }
                 self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
+                self.answers.release_if_empty();
+                let via = fanout::join(self.id, ctx.address());
+                self.registry.do_send(Route {
+                    session: self.id,
+                    via,
+                });
             }
             ToSession::Deliver(messages) => {
                 if self.closing {

@@ -4,9 +4,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -81,7 +83,6 @@ pub struct PlainReader {
     half: OwnedReadHalf,
     /// Whether the first bytes are still to be checked.
     sniff: bool,
-    peer: Option<SocketAddr>,
 }
 
 /// Does input that starts with `first` look like a TLS handshake record
@@ -109,8 +110,9 @@ pub fn leading_verb(first: &[u8]) -> Option<&str> {
 pub enum Writer {
     /// A byte stream (TCP or TLS): bytes go out as they are.
     Stream(Box<dyn AsyncWrite + Unpin + Send>),
-    /// WebSocket: each frame goes out as one text message.
-    Ws(WsWriter),
+    /// WebSocket: each frame goes out as one text message (boxed, so every
+    /// session's writer is as small as a stream's).
+    Ws(Box<WsWriter>),
 }
 
 impl Writer {
@@ -153,7 +155,6 @@ impl Connection {
             reader: Reader::Plain(PlainReader {
                 half: reader,
                 sniff: true,
-                peer,
             }),
             writer: Writer::Stream(Box::new(writer)),
             peer,
@@ -183,7 +184,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             reader: Reader::Ws(reader),
-            writer: Writer::Ws(writer),
+            writer: Writer::Ws(Box::new(writer)),
             peer,
             kind: if secure {
                 TransportKind::Wss
@@ -198,58 +199,81 @@ impl Reader {
     /// Waits for input and appends what is there to `buf`, or says the
     /// peer closed or a unit of input was refused. `want` is how much room
     /// to make when input comes in a burst.
+    pub async fn read_some(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<Input> {
+        std::future::poll_fn(|cx| self.poll_read_some(cx, buf, want)).await
+    }
+
+    /// [`Reader::read_some`] as a poll: pending (and woken when input
+    /// comes) while there is none. The reader stays where it is, so a
+    /// connection waiting for input costs no future of its own.
     ///
     /// Over plain TCP it waits for readability before touching `buf` and
     /// reads short input through the stack, so an idle connection holds no
     /// buffer and a short frame costs an allocation of its own size. TLS
     /// keeps its own buffers, so it reads straight into `buf`.
-    pub async fn read_some(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<Input> {
+    pub fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: usize,
+    ) -> Poll<io::Result<Input>> {
         match self {
-            Reader::Plain(PlainReader {
-                half: r,
-                sniff,
-                peer,
-            }) => loop {
-                r.readable().await?;
-                let mut chunk = [0u8; SMALL_READ];
-                match r.try_read(&mut chunk) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                    Ok(n) if std::mem::take(sniff) && looks_like_tls(&chunk[..n.min(3)]) => {
-                        let peer = peer.map_or_else(|| "a client".to_owned(), |p| p.to_string());
-                        log::warn!(
-                            "{peer}: looks like a TLS handshake on a plain port; closing (start the server with --tls-cert and --tls-key, or run the client without --tls)"
-                        );
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "a TLS handshake on a plain port",
-                        ));
-                    }
-                    Ok(n) if n < SMALL_READ => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        return Ok(Input::from_len(n));
-                    }
-                    Ok(n) => {
-                        // A burst: read on into a buffer of growing size.
-                        buf.reserve(want);
-                        buf.extend_from_slice(&chunk[..n]);
-                        return match r.try_read_buf(buf) {
-                            Ok(m) => Ok(Input::Bytes(n + m)),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Input::Bytes(n)),
-                            Err(e) => Err(e),
-                        };
-                    }
-                }
-            },
+            Reader::Plain(plain) => plain.poll_read(cx, buf, want),
             Reader::Tls(r) => {
                 buf.reserve(want.max(SMALL_READ));
-                r.read_buf(buf).await.map(Input::from_len)
+                tokio_util::io::poll_read_buf(Pin::new(r), cx, buf).map_ok(Input::from_len)
             }
-            Reader::Ws(r) => Ok(match r.read(buf, want).await? {
+            Reader::Ws(r) => r.poll_read(cx, buf, want).map_ok(|read| match read {
                 WsRead::Bytes(n) => Input::Bytes(n),
                 WsRead::Refused(e) => Input::Refused(e),
                 WsRead::Eof => Input::Eof,
             }),
+        }
+    }
+}
+
+impl PlainReader {
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: usize,
+    ) -> Poll<io::Result<Input>> {
+        loop {
+            if let Err(e) = ready!(self.half.as_ref().poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let mut chunk = [0u8; SMALL_READ];
+            let n = match self.half.try_read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(n) => n,
+            };
+            if std::mem::take(&mut self.sniff) && looks_like_tls(&chunk[..n.min(3)]) {
+                let peer = self
+                    .half
+                    .peer_addr()
+                    .map_or_else(|_| "a client".to_owned(), |p| p.to_string());
+                log::warn!(
+                    "{peer}: looks like a TLS handshake on a plain port; closing (start the server with --tls-cert and --tls-key, or run the client without --tls)"
+                );
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a TLS handshake on a plain port",
+                )));
+            }
+            if n < SMALL_READ {
+                buf.extend_from_slice(&chunk[..n]);
+                return Poll::Ready(Ok(Input::from_len(n)));
+            }
+            // A burst: read on into a buffer of growing size.
+            buf.reserve(want);
+            buf.extend_from_slice(&chunk[..n]);
+            return Poll::Ready(match self.half.try_read_buf(buf) {
+                Ok(m) => Ok(Input::Bytes(n + m)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Input::Bytes(n)),
+                Err(e) => Err(e),
+            });
         }
     }
 }

@@ -90,8 +90,8 @@ pub(super) struct Dispatch {
     max: usize,
     workers: Vec<actix_rt::ArbiterHandle>,
     next: std::sync::atomic::AtomicUsize,
-    registry: Addr<Registry>,
-    session: SessionConfig,
+    registry: std::sync::Arc<Addr<Registry>>,
+    session: std::sync::Arc<SessionConfig>,
     refusals: std::sync::Mutex<RefusalLog>,
 }
 
@@ -108,8 +108,8 @@ impl Dispatch {
             max,
             workers: workers.iter().map(Arbiter::handle).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
-            registry,
-            session,
+            registry: std::sync::Arc::new(registry),
+            session: std::sync::Arc::new(session),
             refusals: std::sync::Mutex::new(RefusalLog::default()),
         }
     }
@@ -212,8 +212,8 @@ pub(super) fn connection_budget(wanted: usize) -> anyhow::Result<usize> {
 async fn serve(
     std_stream: std::net::TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    registry: Addr<Registry>,
-    config: SessionConfig,
+    registry: std::sync::Arc<Addr<Registry>>,
+    config: std::sync::Arc<SessionConfig>,
     slot: ConnectionSlot,
 ) {
     let stream = match tokio::net::TcpStream::from_std(std_stream) {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::{Online, Registry};
+use crate::actors::fanout::Link;
 use crate::actors::messages::{Disconnect, InputEnded, Login, SessionId, ToSession};
 use crate::actors::throttle::{Origin, Ready, Throttle, MAX_IN_PROGRESS_PER_ORIGIN};
 use crate::auth::{Secrets, Verifier, Verify};
@@ -310,7 +311,7 @@ impl Registry {
             sid,
             Online {
                 id: id.clone(),
-                to,
+                to: Link::Direct(to),
                 cursor: last_ack,
                 credit: self.config.session_window_bytes as i64,
                 welcomed: false,

@@ -73,7 +73,7 @@ enum Inbound {
     Failed(io::Error),
 }
 
-/// What one call of [`WsReader::read`] produced.
+/// What one call of [`WsReader::poll_read`] produced.
 pub enum WsRead {
     /// This many bytes of `\n`-terminated frames were appended.
     Bytes(usize),
@@ -88,20 +88,28 @@ pub struct WsReader {
     rx: mpsc::Receiver<Inbound>,
     /// An item taken from the channel but left for the next read, so a
     /// refusal is answered after the frames before it.
-    held: Option<Inbound>,
+    /// Boxed: rare, and it would make every session's reader as big.
+    held: Option<Box<Inbound>>,
 }
 
 impl WsReader {
-    /// Waits for input and appends accepted frames, each followed by `\n`,
-    /// to `buf` (at least one, and more while they are ready and fewer than
-    /// `want` bytes were appended); a refused message or the end of input is
-    /// reported on its own.
-    pub async fn read(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<WsRead> {
+    /// Appends accepted frames, each followed by `\n`, to `buf` (at least
+    /// one, and more while they are ready and fewer than `want` bytes were
+    /// appended), or reports a refused message or the end of input on its
+    /// own; pending (and woken later) while nothing came.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut BytesMut,
+        want: usize,
+    ) -> std::task::Poll<io::Result<WsRead>> {
+        use std::task::Poll;
         let mut next = match self.held.take() {
-            Some(item) => item,
-            None => match self.rx.recv().await {
-                Some(item) => item,
-                None => return Ok(WsRead::Eof),
+            Some(item) => *item,
+            None => match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => return Poll::Ready(Ok(WsRead::Eof)),
+                Poll::Pending => return Poll::Pending,
             },
         };
         let mut n = 0;
@@ -112,10 +120,10 @@ impl WsReader {
                     n += frames.len();
                     drop(permit);
                 }
-                Inbound::Refused(e) if n == 0 => return Ok(WsRead::Refused(e)),
-                Inbound::Failed(e) if n == 0 => return Err(e),
+                Inbound::Refused(e) if n == 0 => return Poll::Ready(Ok(WsRead::Refused(e))),
+                Inbound::Failed(e) if n == 0 => return Poll::Ready(Err(e)),
                 other => {
-                    self.held = Some(other);
+                    self.held = Some(Box::new(other));
                     break;
                 }
             }
@@ -127,7 +135,7 @@ impl WsReader {
                 Err(_) => break,
             }
         }
-        Ok(WsRead::Bytes(n))
+        Poll::Ready(Ok(WsRead::Bytes(n)))
     }
 }
 
