@@ -201,8 +201,6 @@ pub struct Session {
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
     acked: Seq,
-    /// `SEND`s decoded from the current read, forwarded together at its end.
-    publishing: Vec<Publish>,
     /// When the client last sent anything.
     last_input: Instant,
     /// The earliest deadline armed with the thread's deadline queue.
@@ -260,7 +258,6 @@ impl Session {
             answers: Answers::default(),
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
-            publishing: Vec::new(),
             closing: false,
             last_input: Instant::now(),
             due: None,
@@ -411,7 +408,7 @@ impl Session {
             }
             Ok(Input::Refused(e)) => {
                 self.last_input = Instant::now();
-                self.handle_item(Err(e), ctx);
+                self.handle_item(Err(e), &mut Vec::new(), ctx);
                 self.flush(ctx);
                 self.start_read(ctx);
             }
@@ -451,15 +448,16 @@ impl Session {
 
     fn on_eof(&mut self, ctx: &mut Context<Self>) {
         // A last frame without a newline still counts.
+        let mut sends = Vec::new();
         while let Ok(Some(item)) = self.codec.decode_eof(&mut self.read_buf) {
-            self.handle_item(item, ctx);
+            self.handle_item(item, &mut sends, ctx);
         }
         self.read_buf = BytesMut::new();
         self.reader = None;
         if matches!(self.login, LoginState::Pending(_)) {
             self.registry.do_send(InputEnded { session: self.id });
         }
-        self.forward_read();
+        self.forward_read(sends);
         self.flush(ctx);
         if self.write_closed {
             // We had finished already and the peer has now stopped too.
@@ -474,29 +472,38 @@ impl Session {
     /// complete one or reading is paused.
     fn decode_frames(&mut self, ctx: &mut Context<Self>) {
         self.stalled = false;
+        // This read's SENDs, forwarded together at its end.
+        let mut sends = Vec::new();
         loop {
             if self.read_paused() {
                 self.stalled = true;
                 break;
             }
             match self.codec.decode(&mut self.read_buf) {
-                Ok(Some(item)) => self.handle_item(item, ctx),
+                Ok(Some(item)) => self.handle_item(item, &mut sends, ctx),
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("decoding from {} failed: {e}", self.peer());
                     // What was decoded before is still the client's.
-                    self.forward_read();
+                    self.forward_read(sends);
                     ctx.stop();
                     return;
                 }
             }
         }
         self.shrink_read_buf();
-        self.forward_read();
+        self.forward_read(sends);
         self.flush(ctx);
     }
 
-    fn handle_item(&mut self, item: Result<ClientFrame, FrameError>, ctx: &mut Context<Self>) {
+    /// Handles one decoded frame; a `SEND` joins `sends`, which the caller
+    /// forwards at the end of the read.
+    fn handle_item(
+        &mut self,
+        item: Result<ClientFrame, FrameError>,
+        sends: &mut Vec<Publish>,
+        ctx: &mut Context<Self>,
+    ) {
         if self.closing {
             // Closing: whatever else arrives is read and dropped.
             return;
@@ -532,7 +539,7 @@ impl Session {
                     return self.refuse(ErrorCode::NotLoggedIn, "log in first");
                 }
                 self.answers.owe_send(text.len());
-                self.publishing.push(Publish {
+                sends.push(Publish {
                     session: self.id,
                     text,
                     tags,
@@ -551,7 +558,11 @@ impl Session {
                 self.acked = self.acked.max(seq);
             }
             ClientFrame::Ping { token } => self.answer(ServerFrame::Pong { token }),
-            ClientFrame::Quit => self.quit(ctx),
+            ClientFrame::Quit => {
+                // The SENDs before it are answered before its `BYE`.
+                self.forward_read(std::mem::take(sends));
+                self.quit(ctx)
+            }
         }
     }
 
@@ -559,7 +570,7 @@ impl Session {
     /// client's acknowledgements (waiting at most [`SAVE_ACK_WAIT`]; frames
     /// after `QUIT` are not read meanwhile).
     fn quit(&mut self, ctx: &mut Context<Self>) {
-        self.forward_read();
+        self.forward_read(Vec::new());
         let bye = |act: &mut Session, ctx: &mut Context<Session>| {
             act.answer(ServerFrame::Bye {
                 reason: ByeReason::Quit,
@@ -575,17 +586,15 @@ impl Session {
 
     /// Sends the read's `SEND`s (one message) and the highest new ack to the
     /// registry: once per read, not per frame.
-    fn forward_read(&mut self) {
-        match self.publishing.len() {
+    fn forward_read(&mut self, mut sends: Vec<Publish>) {
+        match sends.len() {
             0 => {}
             1 => {
-                if let Some(p) = self.publishing.pop() {
+                if let Some(p) = sends.pop() {
                     self.registry.do_send(p);
                 }
             }
-            _ => self
-                .registry
-                .do_send(PublishBatch(std::mem::take(&mut self.publishing))),
+            _ => self.registry.do_send(PublishBatch(sends)),
         }
         let Some(id) = self.login.id() else {
             return;
