@@ -6,7 +6,11 @@
 //! else.
 //!
 //! One entry is 24 bytes in a queue shared by the thread's sessions, against
-//! a timer future and a boxed interval in every session's context.
+//! a timer future and a boxed interval in every session's context. A
+//! session that ends leaves its entries behind (each keeps its mailbox's
+//! allocation through the weak address), so the queue is swept of them
+//! whenever it has doubled since the last sweep: it holds at most about
+//! twice the entries of the live sessions, whatever the connection churn.
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
@@ -52,10 +56,15 @@ impl Ord for Entry {
     }
 }
 
+/// Fewest entries at which the queue is swept of ended sessions' entries.
+const SWEEP_FROM: usize = 64;
+
 /// The thread's queue of deadlines and whether a timer task serves it.
 #[derive(Default)]
 struct Queue {
     entries: BinaryHeap<Entry>,
+    /// Entries left by the last sweep: the next one is due at twice that.
+    swept: usize,
     /// Wakes the timer task when an earlier deadline is armed.
     earlier: Rc<Notify>,
     /// The timer task runs (it ends when the queue is empty, or with the
@@ -74,6 +83,12 @@ pub(super) fn arm(at: Instant, session: WeakAddr<Session>) {
         let mut q = q.borrow_mut();
         let earliest = q.entries.peek().map(|e| e.at);
         q.entries.push(Entry { at, session });
+        if q.entries.len() >= (2 * q.swept).max(SWEEP_FROM) {
+            q.entries.retain(|e| e.session.upgrade().is_some());
+            let left = q.entries.len();
+            q.swept = left;
+            q.entries.shrink_to(2 * left.max(SWEEP_FROM));
+        }
         if !q.running {
             q.running = true;
             actix_rt::spawn(serve());
@@ -126,6 +141,7 @@ async fn serve() {
             if q.entries.is_empty() {
                 q.entries.shrink_to_fit();
             }
+            q.swept = q.swept.min(q.entries.len());
             passed
         });
         for session in passed {
@@ -133,5 +149,68 @@ async fn serve() {
                 addr.do_send(Due);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix::prelude::*;
+
+    use super::QUEUE;
+    use crate::actors::registry::{Registry, RegistryConfig};
+    use crate::actors::session::{Session, SessionConfig};
+    use crate::net::transport::Connection;
+    use crate::store::{MemoryStore, Recovered, StoreActor};
+
+    /// Entries in this thread's queue.
+    fn armed() -> usize {
+        QUEUE.with(|q| q.borrow().entries.len())
+    }
+
+    /// Sessions that end long before their login deadline leave no pile of
+    /// entries behind: connection churn cannot grow the queue without bound.
+    #[actix_rt::test]
+    async fn ended_sessions_entries_are_swept() {
+        let store = SyncArbiter::start(1, || {
+            StoreActor::new(Some(
+                Box::new(MemoryStore::new()) as Box<dyn crate::store::Store>
+            ))
+        });
+        let registry = Arc::new(
+            Registry::new(RegistryConfig::default(), [], Recovered::default(), store).start(),
+        );
+        let config = Arc::new(SessionConfig {
+            login_timeout: Some(Duration::from_secs(3600)),
+            ..SessionConfig::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let before = armed();
+        const SESSIONS: usize = 300;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for _ in 0..SESSIONS {
+            let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let session = Session::new(Connection::plain(server), registry.clone(), config.clone())
+                .start()
+                .downgrade();
+            // The client leaves at once; its session ends on the end of input.
+            drop(client);
+            while session.upgrade().is_some() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a session did not end"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let left = armed().saturating_sub(before);
+        assert!(
+            left <= 2 * super::SWEEP_FROM,
+            "{left} entries left by {SESSIONS} ended sessions"
+        );
     }
 }
