@@ -79,11 +79,14 @@ impl Registry {
     /// waiting it starts at once, so a mailbox that never empties cannot
     /// hold commits back.
     pub(super) fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.commit_scheduled {
+        if self.committing {
             return;
         }
         if self.pending.len() >= self.config.max_batch {
             return self.commit(ctx);
+        }
+        if self.commit_scheduled {
+            return;
         }
         self.commit_scheduled = true;
         // Spawned futures run after the mailbox is drained (actix polls the
