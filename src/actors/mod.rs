@@ -4,7 +4,6 @@
 mod answers;
 mod deadlines;
 pub mod dedupe;
-pub mod fanout;
 pub mod messages;
 pub mod registry;
 mod retention;

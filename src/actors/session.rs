@@ -29,7 +29,6 @@ use tokio_util::codec::Decoder;
 
 use super::answers::{Answers, Owed};
 use super::deadlines::{self, Due};
-use super::fanout::{self, Route};
 use super::messages::{
     Ack, Credit, Disconnect, InputEnded, Login, Publish, PublishBatch, SaveAck, SessionId,
     ToSession,
@@ -746,7 +745,6 @@ impl Actor for Session {
         if self.paused {
             self.config.metrics.sessions_paused.dec();
         }
-        fanout::leave(self.id);
         self.registry.do_send(Disconnect { session: self.id });
     }
 }
@@ -787,11 +785,6 @@ impl Handler<ToSession> for Session {
                 }
                 self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
                 self.answers.release_if_empty();
-                let via = fanout::join(self.id, ctx.address());
-                self.registry.do_send(Route {
-                    session: self.id,
-                    via,
-                });
             }
             ToSession::Deliver(messages) => {
                 if self.closing {

@@ -5,7 +5,6 @@
 use actix::prelude::*;
 
 use super::{Online, Registry};
-use crate::actors::fanout::{Batch, Link, Route};
 use crate::actors::messages::{Credit, SessionId, ToSession};
 use crate::actors::tail::Tail;
 use crate::net::{ByeReason, Message};
@@ -19,13 +18,7 @@ const READ_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Pushes `s` the messages after its cursor that the tail holds, while it
 /// has credit, in pushes of at most `max_deliver`. Returns whether it is
 /// still behind and the next messages are only in the store.
-fn push_from_tail(
-    tail: &Tail,
-    head: Seq,
-    max_deliver: usize,
-    s: &mut Online,
-    out: &mut Batch,
-) -> bool {
+fn push_from_tail(tail: &Tail, head: Seq, max_deliver: usize, s: &mut Online) -> bool {
     while s.welcomed && !s.reading && s.cursor < head {
         if !tail.covers_after(s.cursor, head) {
             return true;
@@ -50,7 +43,7 @@ fn push_from_tail(
         note_replayed(s);
         if !batch.is_empty() {
             s.credit -= bytes;
-            out.send(&s.to, ToSession::Deliver(batch));
+            s.to.do_send(ToSession::Deliver(batch));
         }
     }
     false
@@ -75,33 +68,17 @@ impl Handler<Credit> for Registry {
     }
 }
 
-impl Handler<Route> for Registry {
-    type Result = ();
-
-    /// From now on the session is reached through its thread's fan-out.
-    fn handle(&mut self, msg: Route, _: &mut Self::Context) {
-        if let Some(s) = self.sessions.get_mut(&msg.session) {
-            s.to = Link::Routed {
-                via: msg.via,
-                session: msg.session,
-            };
-        }
-    }
-}
-
 impl Registry {
     /// Pumps every session after new messages were stored. Sessions served
     /// from the tail are handled in one pass; only those that fell behind
     /// it go through [`Registry::pump`] to start a store read.
     pub(super) fn pump_all(&mut self, ctx: &mut Context<Self>) {
         let mut behind = Vec::new();
-        let mut out = Batch::default();
         for (sid, s) in self.sessions.iter_mut() {
-            if push_from_tail(&self.tail, self.head, self.config.max_deliver, s, &mut out) {
+            if push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
                 behind.push(*sid);
             }
         }
-        out.flush();
         for sid in behind {
             self.pump(sid, ctx);
         }
@@ -112,10 +89,7 @@ impl Registry {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let mut out = Batch::default();
-        let behind = push_from_tail(&self.tail, self.head, self.config.max_deliver, s, &mut out);
-        out.flush();
-        if !behind {
+        if !push_from_tail(&self.tail, self.head, self.config.max_deliver, s) {
             return;
         }
         // Behind the tail: read the next chunk from the store, while the

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::{Online, Registry};
-use crate::actors::fanout::Link;
 use crate::actors::messages::{Disconnect, InputEnded, Login, SessionId, ToSession};
 use crate::actors::throttle::{Origin, Ready, Throttle, MAX_IN_PROGRESS_PER_ORIGIN};
 use crate::auth::{Secrets, Verifier, Verify};
@@ -311,7 +310,7 @@ impl Registry {
             sid,
             Online {
                 id: id.clone(),
-                to: Link::Direct(to),
+                to,
                 cursor: last_ack,
                 credit: self.config.session_window_bytes as i64,
                 welcomed: false,

@@ -44,8 +44,7 @@ pub use self::allow::{AllowChanged, Reconfigure};
 use self::commit::PendingSend;
 use self::login::{Auth, FAILURE_SWEEP_INTERVAL};
 use super::dedupe::MidWindow;
-use super::fanout::Link;
-use super::messages::{Publish, SessionId};
+use super::messages::{Publish, SessionId, ToSession};
 use super::retention::Pruning;
 pub use super::retention::Retain;
 use super::tail::Tail;
@@ -142,8 +141,7 @@ struct User {
 /// An online (logged-in) session as the registry sees it.
 struct Online {
     id: ClientId,
-    /// How it is reached: its own mailbox, or its thread's fan-out.
-    to: Link,
+    to: Recipient<ToSession>,
     /// Highest seq this session was pushed or skipped past.
     cursor: Seq,
     /// Frame bytes it may still be pushed (may dip below zero by one push).
