@@ -12,6 +12,7 @@ BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench-ws.XXXXXX")
 ids=bench-0
 for ((i = 1; i < 20; i++)); do ids+=",bench-$i"; done
+: >"$work/out"
 RUST_LOG=warn "$BIN/server" --client-ids "$ids" --data-dir "$work/data" --port 0 \
     --http-bind 127.0.0.1:0 >"$work/out" 2>"$work/err" &
 server_pid=$!
