@@ -30,5 +30,10 @@ echo "== Debian package (built from the debug binaries cargo test just built; in
 scripts/package-test.sh
 echo "== docker (the image; the host's client is the debug one cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/docker-test.sh
+echo "== benchmark scripts, smoke runs (the debug binaries cargo test just built; QUICK=1: figures mean nothing)"
+HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" QUICK=1 RUNS=1 BEFORE="${CARGO_TARGET_DIR:-target}/debug" \
+    scripts/bench.sh fsync single durable fanout catchup connections
+command -v /usr/bin/time >/dev/null || apt-get install -y -qq time
+HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" QUICK=1 RUNS=1 scripts/bench-ws.sh
 echo "== scenarios (the debug binaries cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" ./run_both_tests.sh --all

@@ -7,8 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
-cargo build --release --quiet --bins
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+# HERALD_BIN_DIR=DIR: the binaries there instead of a release build; QUICK=1:
+# 50 messages per client instead of 5,000 (with both, the smoke run that
+# ./test.sh makes of this script; the figures then mean nothing).
+if [ -n "${HERALD_BIN_DIR:-}" ]; then
+    BIN=$HERALD_BIN_DIR
+else
+    cargo build --release --quiet --bins
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+fi
+messages=5000
+[ -z "${QUICK:-}" ] || messages=50
 work=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench-ws.XXXXXX")
 ids=bench-0
 for ((i = 1; i < 20; i++)); do ids+=",bench-$i"; done
@@ -37,7 +46,7 @@ for ((r = 1; r <= RUNS; r++)); do
     for transport in tcp ws; do
         if [ $transport = tcp ]; then args=(--port "$tcp_port"); else args=(--transport ws --port "$http_port"); fi
         before=$(server_cpu)
-        /usr/bin/time -f "%U %S" -o "$work/time" "$BIN/bench" "${args[@]}" --json fanout --messages 5000 >"$work/json"
+        /usr/bin/time -f "%U %S" -o "$work/time" "$BIN/bench" "${args[@]}" --json fanout --messages "$messages" >"$work/json"
         after=$(server_cpu)
         python3 - "$work/json" "$work/time" "$before" "$after" "$transport" <<'PY'
 import json, sys

@@ -11,6 +11,11 @@
 # twice, alternating that server and this tree's (the load generator is this
 # tree's for both), and each figure is reported as NAME@before / NAME@after.
 #
+# HERALD_BIN_DIR=DIR uses the binaries there instead of building release
+# ones, and QUICK=1 divides every workload's size by 100: together they are
+# the smoke run `./test.sh` makes of this script (the figures then mean
+# nothing).
+#
 # Workloads (see docs/benchmarks.md):
 #   fanout          20 clients x 20,000 msgs x 100 B, window 64, --memory
 #   fanout-always   the same on a durable server, --sync always
@@ -22,8 +27,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
-cargo build --release --quiet --bins
-BIN=$(realpath "${CARGO_TARGET_DIR:-target}")/release
+if [ -n "${HERALD_BIN_DIR:-}" ]; then
+    BIN=$(realpath "$HERALD_BIN_DIR")
+else
+    cargo build --release --quiet --bins
+    BIN=$(realpath "${CARGO_TARGET_DIR:-target}")/release
+fi
+# n COUNT: a workload's size, divided by 100 with QUICK=1.
+n() { if [ -n "${QUICK:-}" ]; then echo $(($1 / 100)); else echo "$1"; fi; }
 BEFORE=${BEFORE:-}
 if [ -n "$BEFORE" ] && [ ! -x "$BEFORE/server" ]; then
     echo "BEFORE=$BEFORE holds no executable server" >&2
@@ -111,23 +122,23 @@ workloads=("$@")
 [ ${#workloads[@]} -gt 0 ] || workloads=(fanout fanout-always durable single catchup connections fsync)
 for w in "${workloads[@]}"; do
     case $w in
-        fanout) run_load fanout deliveries_per_sec --memory -- fanout --messages 20000 ;;
-        fanout-always) run_load fanout-always deliveries_per_sec --data-dir "$work/data" --sync always -- fanout --messages 20000 ;;
+        fanout) run_load fanout deliveries_per_sec --memory -- fanout --messages "$(n 20000)" ;;
+        fanout-always) run_load fanout-always deliveries_per_sec --data-dir "$work/data" --sync always -- fanout --messages "$(n 20000)" ;;
         durable)
-            run_load durable-memory sends_per_sec --memory -- durable --messages 10000
-            run_load durable-none sends_per_sec --data-dir "$work/data" --sync none -- durable --messages 10000
-            run_load durable-always sends_per_sec --data-dir "$work/data" --sync always -- durable --messages 10000
+            run_load durable-memory sends_per_sec --memory -- durable --messages "$(n 10000)"
+            run_load durable-none sends_per_sec --data-dir "$work/data" --sync none -- durable --messages "$(n 10000)"
+            run_load durable-always sends_per_sec --data-dir "$work/data" --sync always -- durable --messages "$(n 10000)"
             ;;
-        single) run_load single-always sends_per_sec --data-dir "$work/data" --sync always -- durable --clients 1 --messages 200000 ;;
+        single) run_load single-always sends_per_sec --data-dir "$work/data" --sync always -- durable --clients 1 --messages "$(n 200000)" ;;
         catchup)
             for ((r = 1; r <= RUNS; r++)); do
                 for v in "${variants[@]}"; do
                     use_variant "$v"
                     start_server --data-dir "$work/data" --sync always
-                    "$BIN/bench" --port "$port" catchup --phase fill --messages 100000 2>/dev/null
+                    "$BIN/bench" --port "$port" catchup --phase fill --messages "$(n 100000)" 2>/dev/null
                     stop_server
                     start_server --keep --data-dir "$work/data"
-                    json=$("$BIN/bench" --port "$port" --json catchup --phase drain --messages 100000)
+                    json=$("$BIN/bench" --port "$port" --json catchup --phase drain --messages "$(n 100000)")
                     echo "[catchup$sfx run $r] $json"
                     record catchup "$(field msgs_per_sec <<<"$json")"
                     stop_server
@@ -139,7 +150,7 @@ for w in "${workloads[@]}"; do
                 for v in "${variants[@]}"; do
                     use_variant "$v"
                     start_server --memory
-                    json=$("$BIN/bench" --port "$port" --json connections --clients 10000 --server-pid "$server_pid")
+                    json=$("$BIN/bench" --port "$port" --json connections --clients "$(n 10000)" --server-pid "$server_pid")
                     echo "[connections$sfx run $r] $json"
                     record connections-ms "$(field broadcast_ms <<<"$json")"
                     record connections-bytes "$(field server_bytes_per_connection <<<"$json")"
