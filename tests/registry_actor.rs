@@ -659,3 +659,63 @@ async fn sends_waiting_in_the_mailbox_together_share_one_commit() {
         "the first SEND does not go alone while the others wait a whole commit"
     );
 }
+
+#[actix_rt::test]
+async fn a_backlog_read_from_sqlite_comes_in_bounded_pieces_without_the_readers_own() {
+    use herald::store::{NewMessage, SqliteStore, Store, SyncPolicy};
+    const WINDOW: usize = 8192;
+    // 600 stored messages before the server starts, one in five the
+    // reader's own, texts of 1 to 300 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+    let batch: Vec<NewMessage> = (0..600)
+        .map(|i| NewMessage {
+            from: id(if i % 5 == 2 { "r" } else { "a" }),
+            unix_ms: 1_000 + i,
+            text: Bytes::from(format!("{i} {}", "x".repeat((i as usize * 37) % 300))),
+            mid: None,
+        })
+        .collect();
+    sqlite.append(&batch).unwrap();
+    let recovered = sqlite.recover().unwrap();
+    let slot = Mutex::new(Some(Box::new(sqlite) as Box<dyn Store>));
+    let store = SyncArbiter::start(1, move || StoreActor::new(slot.lock().unwrap().take()));
+    let config = RegistryConfig {
+        session_window_bytes: WINDOW,
+        tail_messages: 4,
+        ..RegistryConfig::default()
+    };
+    let r = Registry::new(config, vec![id("a"), id("r")], recovered, store).start();
+    let mut reader = Client::connect(&r, "r", true).await;
+    assert_eq!(reader.welcome().await, 480);
+    let (mut got, mut pieces) = (Vec::new(), 0);
+    while got.len() < 480 {
+        let ms = match reader.next().await {
+            ToSession::Deliver(ms) => ms,
+            other => panic!("unexpected {other:?}"),
+        };
+        pieces += 1;
+        let bytes: usize = ms.iter().map(|m| m.frame().len()).sum();
+        let longest = ms.iter().map(|m| m.frame().len()).max().unwrap_or(0);
+        assert!(
+            bytes <= WINDOW / 2 || ms.len() == 1,
+            "a piece of {bytes} bytes ({longest} the longest frame)"
+        );
+        got.extend(ms);
+    }
+    let want: Vec<(u64, String)> = batch
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.from != id("r"))
+        .map(|(i, m)| (i as u64 + 1, String::from_utf8(m.text.to_vec()).unwrap()))
+        .collect();
+    let got: Vec<(u64, String)> = got
+        .iter()
+        .map(|m| (m.seq().0, String::from_utf8(m.text().to_vec()).unwrap()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        pieces > 10,
+        "{pieces} pieces: the backlog was not read in pieces"
+    );
+}

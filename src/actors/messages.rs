@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::{Message as ActixMessage, Recipient};
 use bytes::Bytes;
 
-use crate::net::Message;
+use crate::net::{Backlog, Message};
 use crate::net::{ByeReason, FrameError, Tags};
 use crate::types::{ClientId, Seq};
 
@@ -45,6 +45,9 @@ pub enum ToSession {
     /// Messages to write, in seq order. Their frame bytes count against the
     /// session's credit until it returns them with [`Credit`].
     Deliver(Vec<Message>),
+    /// Backlog read back from the store, to write as it is; counts against
+    /// the credit like [`ToSession::Deliver`].
+    Backlog(Backlog),
     /// Each seq answers the session's oldest unanswered `SEND`, in order.
     Sent(Vec<Seq>),
     /// The oldest unanswered `SEND` was refused.

@@ -800,6 +800,17 @@ impl Handler<ToSession> for Session {
                     self.highest_delivered = last.seq();
                 }
             }
+            ToSession::Backlog(backlog) => {
+                if self.closing {
+                    return;
+                }
+                let bytes = backlog.frames().len();
+                self.out.extend_from_slice(backlog.frames());
+                self.out_msg_bytes += bytes;
+                self.out_msgs += backlog.len() as u64;
+                self.unreturned += bytes;
+                self.highest_delivered = self.highest_delivered.max(backlog.newest());
+            }
             ToSession::Sent(seqs) => {
                 for seq in seqs {
                     self.fill(Owed::Send, ServerFrame::Sent { seq }, None);

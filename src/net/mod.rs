@@ -2,6 +2,7 @@
 //! its `MSG` frame encoded once, the line codec, the TCP listener, and the
 //! HTTP listener whose WebSocket connections carry the same frames.
 
+pub mod backlog;
 pub mod certs;
 pub mod codec;
 pub mod frame;
@@ -13,6 +14,7 @@ pub mod tls;
 pub mod transport;
 pub mod ws;
 
+pub use backlog::{Backlog, BacklogWriter};
 pub use codec::{ClientCodec, ServerCodec, DEFAULT_MAX_FRAME_BYTES};
 pub use frame::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerFrame, Tags};
 pub use message::Message;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use actix::{Actor, Handler, Message as ActixMessage, SyncContext};
 
-use crate::net::Message;
+use crate::net::{Backlog, Message};
 use crate::types::{ClientId, Seq};
 
 pub mod inspect;
@@ -201,6 +201,24 @@ pub trait Store: Send + 'static {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError>;
+
+    /// `reader`'s backlog with `after < seq <= upto`: the frames of the
+    /// messages others sent, in seq order, within the bounds of
+    /// [`Store::read_after`]. Its `last` is how far the read got: `upto`
+    /// when it found nothing more, else the seq of the last message read.
+    /// The default reads messages and copies their frames; a store that can
+    /// write frames straight from its rows does so.
+    fn read_backlog(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        reader: &ClientId,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Backlog, StoreError> {
+        let messages = self.read_after(after, upto, max, max_bytes)?;
+        Ok(Backlog::of_messages(&messages, reader, upto))
+    }
 
     /// The seq of the first stored message with `after < seq <= upto` that
     /// `sender` did not send, if any.
@@ -407,6 +425,43 @@ pub struct ReadAfter {
     pub max_bytes: usize,
 }
 
+/// Read a reader's backlog up to a byte budget, in pieces each sent to `to`
+/// as soon as it is read (see [`Store::read_backlog`]): the session writes
+/// the first piece while the store reads the next, with no round trip
+/// between them. The last piece, or an error, comes with `done`.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct StreamBacklog {
+    /// The asker's tag for this reader, echoed in every piece.
+    pub key: u64,
+    /// Exclusive lower bound.
+    pub after: Seq,
+    /// Inclusive upper bound.
+    pub upto: Seq,
+    /// Whose backlog: their own messages are left out.
+    pub reader: ClientId,
+    /// At most this many messages in all…
+    pub max: usize,
+    /// …and this many frame bytes in all (but at least one message)…
+    pub max_bytes: usize,
+    /// …in pieces of at most this many frame bytes (or one message).
+    pub piece_bytes: usize,
+    /// Where the pieces go.
+    pub to: actix::Recipient<BacklogPiece>,
+}
+
+/// One piece of a [`StreamBacklog`].
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct BacklogPiece {
+    /// The request's `key`.
+    pub key: u64,
+    /// The frames read, or why the read failed (which ends the stream).
+    pub backlog: Result<Backlog, StoreError>,
+    /// No more pieces follow for this request.
+    pub done: bool,
+}
+
 /// Count a backlog; see [`Store::count_from_others`].
 #[derive(ActixMessage)]
 #[rtype(result = "Result<u64, StoreError>")]
@@ -525,6 +580,38 @@ impl Handler<ReadAfter> for StoreActor {
     fn handle(&mut self, msg: ReadAfter, _: &mut Self::Context) -> Self::Result {
         self.store()?
             .read_after(msg.after, msg.upto, msg.max, msg.max_bytes)
+    }
+}
+
+impl Handler<StreamBacklog> for StoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: StreamBacklog, _: &mut Self::Context) -> Self::Result {
+        let (mut after, mut left, mut budget) = (msg.after, msg.max, msg.max_bytes);
+        loop {
+            let piece = budget.min(msg.piece_bytes);
+            let read = self
+                .store()
+                .and_then(|s| s.read_backlog(after, msg.upto, &msg.reader, left, piece));
+            let done = match &read {
+                Ok(b) => {
+                    after = b.last();
+                    left = left.saturating_sub(b.len());
+                    budget = budget.saturating_sub(b.frames().len());
+                    after >= msg.upto || left == 0 || budget == 0
+                }
+                Err(_) => true,
+            };
+            let piece = BacklogPiece {
+                key: msg.key,
+                backlog: read,
+                done,
+            };
+            msg.to.do_send(piece);
+            // A registry that is gone wants no more pieces.
+            if done || !msg.to.connected() {
+                return;
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use super::{
     number_from, Appended, LimitPruned, Limits, Loss, MidPolicy, MidRecord, NewMessage, Recovered,
     Store, StoreError,
 };
-use crate::net::Message;
+use crate::net::{Backlog, BacklogWriter, Message};
 use crate::types::{ClientId, Seq};
 
 /// The schema this version writes and reads.
@@ -71,6 +71,9 @@ pub struct SqliteStore {
     /// The sender of the last row read: runs of rows from one sender reuse
     /// it instead of allocating an id per row.
     last_sender: Option<ClientId>,
+    /// The buffer backlogs are read into, reused from read to read (at most
+    /// one read's bytes: `max_bytes`, or 256 KiB up front).
+    frames: bytes::BytesMut,
     /// The highest seq stored, once known (this store is the one writer).
     head: Option<Seq>,
     /// Bytes of stored message text, once measured (for
@@ -169,6 +172,7 @@ impl SqliteStore {
         let mut store = SqliteStore {
             conn,
             last_sender: None,
+            frames: bytes::BytesMut::new(),
             head: None,
             text_bytes: None,
             path,
@@ -442,6 +446,66 @@ impl Store for SqliteStore {
             out.push(m);
         }
         Ok(out)
+    }
+
+    fn read_backlog(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        reader: &ClientId,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Backlog, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, unix_ms, sender, text FROM messages
+             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
+        let mut seen = 0;
+        // Rows are written straight into one buffer of frames: no message
+        // object, id or frame per row.
+        let buf = std::mem::take(&mut self.frames);
+        let mut out = BacklogWriter::reusing(buf, max_bytes.min(256 * 1024));
+        let (mut last, mut full) = (None, false);
+        while let Some(row) = rows.next()? {
+            let seq = Seq(row.get::<_, i64>(0)? as u64);
+            seen += 1;
+            let sender = row.get_ref(2)?.as_bytes().map_err(|_| corrupt("sender"))?;
+            if sender == reader.as_str().as_bytes() {
+                last = Some(seq);
+                continue;
+            }
+            // Only valid ids are stored; a sender is checked again when it
+            // differs from the row before's, which is once per run of rows.
+            let known = self.last_sender.as_ref().map(|id| id.as_str().as_bytes());
+            if known != Some(sender) {
+                let id = std::str::from_utf8(sender)
+                    .ok()
+                    .and_then(|s| ClientId::new(s).ok())
+                    .ok_or_else(|| corrupt("sender"))?;
+                self.last_sender = Some(id);
+            }
+            let sender = self.last_sender.as_ref().map_or("", |id| id.as_str());
+            let unix_ms = row.get::<_, i64>(1)? as u64;
+            let text = row.get_ref(3)?.as_bytes().map_err(|_| corrupt("text"))?;
+            if !text.is_ascii() && std::str::from_utf8(text).is_err() {
+                return Err(corrupt("text"));
+            }
+            if !out.push_within(seq, unix_ms, sender, text, max_bytes) {
+                // Over the byte bound: this row is read again next time.
+                full = true;
+                break;
+            }
+            last = Some(seq);
+        }
+        // Stopped by neither bound: everything up to `upto` was seen (the
+        // reader's own messages after `last` included).
+        if !full && seen < max {
+            last = Some(upto);
+        }
+        let (backlog, buf) = out.finish_into(last.unwrap_or(upto));
+        self.frames = buf;
+        Ok(backlog)
     }
 
     fn first_not_from(
@@ -896,6 +960,57 @@ mod tests {
         let a = ClientId::new("a").unwrap();
         assert_eq!(s.first_not_from(Seq(0), Seq(6), &a).unwrap(), Some(Seq(6)));
         assert_eq!(s.first_not_from(Seq(0), Seq(5), &a).unwrap(), None);
+    }
+
+    #[test]
+    fn a_backlog_drained_in_bounded_reads_is_every_message_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path(), SyncPolicy::None).unwrap();
+        // Runs of senders, the reader's own among them (at the end too),
+        // and texts of varied length, one of them over every byte bound.
+        let msgs: Vec<Message> = (1..=60)
+            .map(|i| {
+                let from = ["a", "b", "r", "r", "c"][(i as usize / 3) % 5];
+                let len = if i == 20 {
+                    5_000
+                } else {
+                    (i as usize * 7) % 90
+                };
+                msg(i, from, &"t".repeat(len))
+            })
+            .chain((61..=64).map(|i| msg(i, "r", "own")))
+            .collect();
+        s.write(&msgs, &[]).unwrap();
+        let r = ClientId::new("r").unwrap();
+        let others: Vec<Message> = msgs.iter().filter(|m| m.from() != &r).cloned().collect();
+        for (max, max_bytes) in [(1, usize::MAX), (7, 300), (4096, 1), (4096, usize::MAX)] {
+            let (mut cursor, mut got, mut reads) = (Seq(0), Vec::new(), 0);
+            while cursor < Seq(64) {
+                reads += 1;
+                assert!(reads <= 200, "no progress at {cursor:?}");
+                let b = s.read_backlog(cursor, Seq(64), &r, max, max_bytes).unwrap();
+                assert!(b.last() > cursor, "the cursor must move");
+                assert!(b.len() <= max);
+                assert!(b.len() <= 1 || b.frames().len() <= max_bytes);
+                let ms = b.messages().unwrap();
+                assert_eq!(ms.len(), b.len());
+                assert_eq!(b.newest(), ms.last().map_or(Seq::ZERO, Message::seq));
+                assert!(ms.iter().all(|m| m.seq() > cursor && m.seq() <= b.last()));
+                got.extend(ms);
+                cursor = b.last();
+            }
+            assert_eq!(got, others, "max {max}, max_bytes {max_bytes}");
+        }
+        // Nothing but the reader's own: read past, no frames; they count
+        // against `max` like any row read.
+        let b = s.read_backlog(Seq(60), Seq(64), &r, 2, usize::MAX).unwrap();
+        assert!(b.is_empty());
+        assert_eq!(b.last(), Seq(62));
+        let b = s
+            .read_backlog(Seq(62), Seq(64), &r, 4096, usize::MAX)
+            .unwrap();
+        assert!(b.is_empty());
+        assert_eq!(b.last(), Seq(64));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use actix::prelude::*;
 use super::{Online, Registry};
 use crate::actors::messages::{Credit, SessionId, ToSession};
 use crate::actors::tail::Tail;
-use crate::net::{ByeReason, Message};
-use crate::store::{ReadAfter, StoreError};
+use crate::net::ByeReason;
+use crate::store::{BacklogPiece, StoreError, StreamBacklog};
 use crate::types::Seq;
 
 /// How long a session's read waits before trying an unavailable store
@@ -94,75 +94,94 @@ impl Registry {
         }
         // Behind the tail: read the next chunk from the store, while the
         // session has credit left. A read asks for the credit plus one window
-        // of frame bytes, so it runs up to a window ahead of the socket (the
-        // disk and the socket work at the same time while a reader catches
-        // up), and a session never has more than two windows plus one frame
-        // pushed and not yet written.
+        // of frame bytes, so it runs up to a window ahead of the socket, and
+        // a session never has more than two windows plus one frame pushed
+        // and not yet written. The store sends it in pieces of half a
+        // window as it reads them, so the socket writes the first piece
+        // while the disk reads the next (one round trip to the store thread
+        // per read, not per piece: on two cores a wake-up costs as much as
+        // reading a few hundred rows).
         if s.credit <= 0 {
             return;
         }
         s.reading = true;
-        let upto = self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1));
-        let read = ReadAfter {
+        let window = self.config.session_window_bytes;
+        let read = StreamBacklog {
+            key: sid.0,
             after: s.cursor,
-            upto,
+            upto: self.tail.first_seq().map_or(self.head, |f| Seq(f.0 - 1)),
+            reader: s.id.clone(),
             max: self.config.read_chunk,
-            max_bytes: s.credit as usize + self.config.session_window_bytes,
+            max_bytes: s.credit as usize + window,
+            piece_bytes: (window / 2).max(1),
+            to: ctx.address().recipient(),
         };
         self.store
             .send(read)
             .into_actor(self)
-            .map(move |res, act, ctx| act.on_read(sid, upto, res, ctx))
+            .map(move |res, act, _| {
+                if let Err(e) = res {
+                    act.read_failed(sid, e);
+                }
+            })
             .spawn(ctx);
     }
 
-    /// A store read for a session came back: pushes what it found (up to
-    /// `upto`) and pumps on, or closes the session if the log is unreadable.
-    fn on_read(
-        &mut self,
-        sid: SessionId,
-        upto: Seq,
-        res: Result<Result<Vec<Message>, StoreError>, MailboxError>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// The store is gone (the server is stopping): the session ends.
+    fn read_failed(&mut self, sid: SessionId, e: MailboxError) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.reading = false;
+            log::error!("store unreachable while reading for {}: {e}", s.id);
+            s.to.do_send(ToSession::Bye(ByeReason::Shutdown));
+        }
+    }
+}
+
+impl Handler<BacklogPiece> for Registry {
+    type Result = ();
+
+    /// A piece of a session's backlog came from the store: pushes it, and
+    /// pumps on after the last piece; closes the session if the log is
+    /// unreadable.
+    fn handle(&mut self, piece: BacklogPiece, ctx: &mut Self::Context) {
+        let sid = SessionId(piece.key);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        s.reading = false;
-        match res {
-            Ok(Ok(messages)) => {
-                let last = messages.last().map_or(upto, Message::seq);
-                let batch: Vec<Message> =
-                    messages.into_iter().filter(|m| m.from() != &s.id).collect();
-                s.credit -= batch.iter().map(|m| m.frame().len() as i64).sum::<i64>();
-                s.cursor = last;
+        if piece.done {
+            s.reading = false;
+        }
+        match piece.backlog {
+            Ok(backlog) => {
+                s.credit -= backlog.frames().len() as i64;
+                s.cursor = backlog.last();
                 note_replayed(s);
-                if !batch.is_empty() {
-                    s.to.do_send(ToSession::Deliver(batch));
+                if !backlog.is_empty() {
+                    s.to.do_send(ToSession::Backlog(backlog));
                 }
-                self.pump(sid, ctx);
+                if piece.done {
+                    self.pump(sid, ctx);
+                }
             }
-            Ok(Err(StoreError::Unavailable(e))) => {
+            Err(StoreError::Unavailable(e)) => {
                 // The database is away: the session stays, and is pumped
                 // again once it may be back (the failure is logged by the
                 // commit stream's reads, once).
                 log::debug!("reading the log for {} must wait: {e}", s.id);
                 ctx.run_later(READ_RETRY, move |act, ctx| act.pump(sid, ctx));
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 log::error!(
                     "reading the log for {} failed: {e}; closing its session",
                     s.id
                 );
                 s.to.do_send(ToSession::Bye(ByeReason::Limit));
             }
-            Err(e) => {
-                log::error!("store unreachable while reading for {}: {e}", s.id);
-                s.to.do_send(ToSession::Bye(ByeReason::Shutdown));
-            }
         }
     }
+}
 
+impl Registry {
     /// Sends an admitted session `WELCOME` with its backlog count and starts
     /// pushing to it.
     pub(super) fn welcome(&mut self, sid: SessionId, pending: u64, ctx: &mut Context<Self>) {

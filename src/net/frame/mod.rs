@@ -154,7 +154,7 @@ impl FrameError {
         }
     }
 
-    fn bad(reason: impl Into<String>) -> FrameError {
+    pub(super) fn bad(reason: impl Into<String>) -> FrameError {
         FrameError::new(ErrorCode::BadFrame, reason)
     }
 }
@@ -185,18 +185,7 @@ fn split_verb(s: &str) -> (&str, Option<&str>) {
 }
 
 fn put_u64(dst: &mut BytesMut, n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.put_slice(&buf[i..]);
+    dst.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// An upper bound of the length of a `MSG` frame.
@@ -206,12 +195,18 @@ pub fn msg_len_bound(from: &ClientId, text: &[u8]) -> usize {
 
 /// Appends `MSG <seq> <unix_ms> <from> ` (everything before the text).
 fn put_msg_head(dst: &mut BytesMut, seq: Seq, unix_ms: u64, from: &ClientId) {
+    put_msg_head_raw(dst, seq, unix_ms, from.as_str());
+}
+
+/// [`put_msg_head`] for a sender already known to be a valid client id
+/// (read back from the store, where only valid ids are written).
+pub(super) fn put_msg_head_raw(dst: &mut BytesMut, seq: Seq, unix_ms: u64, from: &str) {
     dst.put_slice(b"MSG ");
     put_u64(dst, seq.0);
     dst.put_u8(b' ');
     put_u64(dst, unix_ms);
     dst.put_u8(b' ');
-    dst.put_slice(from.as_str().as_bytes());
+    dst.put_slice(from.as_bytes());
     dst.put_u8(b' ');
 }
 
