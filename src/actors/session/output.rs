@@ -1,0 +1,215 @@
+//! A session's output: answers in the order of the frames they answer,
+//! what the registry sends, one write at a time, and closing.
+
+use super::*;
+
+impl Session {
+    /// Answers the frame being handled with `ERR code reason`.
+    pub(super) fn refuse(&mut self, code: ErrorCode, reason: impl Into<String>) {
+        self.answer(ServerFrame::Err(FrameError::new(code, reason)));
+    }
+
+    /// Queues an answer behind every earlier one.
+    pub(super) fn answer(&mut self, frame: ServerFrame) {
+        self.answers.answer(frame, &mut self.out);
+    }
+
+    /// The registry answered the oldest frame of kind `owed` still waiting;
+    /// `extra` follows the answer.
+    fn fill(&mut self, owed: Owed, frame: ServerFrame, extra: Option<ServerFrame>) {
+        if !self.answers.fill(owed, frame, extra, &mut self.out) {
+            log::debug!("{}: an answer came for no {owed:?}", self.peer());
+        }
+    }
+
+    /// Writes everything queued, one write at a time.
+    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.write_closed {
+            return;
+        }
+        if self.out.is_empty() {
+            if self.closing && self.answers.is_empty() {
+                self.close_write(ctx);
+            }
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let mut buf = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare));
+        let credit = std::mem::take(&mut self.out_msg_bytes);
+        let (len, msgs) = (buf.len() as u64, std::mem::take(&mut self.out_msgs));
+        self.writing = true;
+        async move {
+            let res = writer.write_all(&buf).await;
+            buf.clear();
+            (writer, buf, res)
+        }
+        .into_actor(self)
+        .map(move |(writer, buf, res), act, ctx| {
+            act.writing = false;
+            act.writer = Some(writer);
+            // Keep the buffer of a busy connection for the next time; let a
+            // big one go, and a tiny one (a quiet connection keeps nothing).
+            act.spare = if buf.capacity() > 64 * 1024 || buf.capacity() < 1024 {
+                BytesMut::new()
+            } else {
+                buf
+            };
+            if let Err(e) = res {
+                log::debug!("write to {} failed: {e}", act.peer());
+                ctx.stop();
+                return;
+            }
+            act.config.metrics.sent_bytes.inc_by(len);
+            act.config.metrics.deliveries.inc_by(msgs);
+            act.written_unreturned += credit;
+            // Hand written bytes back only once the registry's credit for
+            // us is down to half the window: an idle broadcast then costs
+            // one message, not two.
+            if act.written_unreturned > 0 && act.unreturned * 2 >= act.window {
+                act.registry.do_send(Credit {
+                    session: act.id,
+                    bytes: act.written_unreturned,
+                });
+                act.unreturned -= act.written_unreturned;
+                act.written_unreturned = 0;
+            }
+            act.flush(ctx);
+            act.start_read(ctx);
+        })
+        .spawn(ctx);
+    }
+
+    /// Everything is written: send FIN, then wait (bounded) for the peer to
+    /// close, so unread input does not turn our close into a reset that
+    /// could destroy the last frames.
+    fn close_write(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        self.write_closed = true;
+        async move {
+            let _ = writer.shutdown().await;
+            writer
+        }
+        .into_actor(self)
+        .map(|writer, act, ctx| {
+            act.writer = Some(writer);
+            // No reader and none reading: the peer's end of input was seen.
+            if act.reader.is_none() && !act.reading {
+                ctx.stop();
+            } else {
+                act.start_read(ctx);
+            }
+        })
+        .spawn(ctx);
+    }
+
+    /// Stops handling frames; the connection closes once every owed answer
+    /// is written, or after the grace period if the peer does not read.
+    pub(super) fn begin_close(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        ctx.run_later(self.config.close_grace, |_, ctx| ctx.stop());
+        self.flush(ctx);
+    }
+
+    /// The registry ends the connection: answers it still owed will not come.
+    pub(super) fn drop_owed_answers(&mut self) {
+        self.answers.clear();
+    }
+}
+
+impl Session {
+    /// Logged in: the idle deadline starts, `WELCOME` answers the `LOGIN`.
+    fn welcomed(&mut self, id: ClientId, pending: u64, window: usize, ctx: &mut Context<Self>) {
+        self.window = window;
+        self.config.metrics.logins.inc();
+        self.login = LoginState::In(id.clone());
+        if let Some(idle) = self.config.idle_timeout {
+            self.arm_deadline(self.last_input + idle, ctx);
+        }
+        self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
+        self.answers.release_if_empty();
+    }
+
+    /// Queues delivered frames (`count` messages, the highest `newest`):
+    /// their bytes count against the credit until written and handed back.
+    fn queue_delivery(&mut self, frames: &[u8], count: usize, newest: Seq) {
+        self.out.extend_from_slice(frames);
+        self.out_msg_bytes += frames.len();
+        self.out_msgs += count as u64;
+        self.unreturned += frames.len();
+        self.highest_delivered = self.highest_delivered.max(newest);
+    }
+
+    /// The registry refused the login: the error, `BYE`, and the close.
+    fn login_refused(&mut self, e: FrameError, reason: ByeReason, ctx: &mut Context<Self>) {
+        log::info!("{}: login refused: {e}", self.peer());
+        self.config.metrics.login_refused(reason);
+        // Nothing after the refused login will be answered.
+        self.answers.drop_after_login();
+        self.fill(
+            Owed::Login,
+            ServerFrame::Err(e),
+            Some(ServerFrame::Bye { reason }),
+        );
+        self.drop_owed_answers();
+        self.begin_close(ctx);
+    }
+
+    /// The registry ends the session: an error if there is one, `BYE`,
+    /// and the close.
+    fn ended(&mut self, e: Option<FrameError>, reason: ByeReason, ctx: &mut Context<Self>) {
+        if let Some(e) = &e {
+            log::info!("{}: {e}; closing", self.peer());
+        }
+        self.drop_owed_answers();
+        if !self.write_closed {
+            if let Some(e) = e {
+                ServerFrame::Err(e).encode(&mut self.out);
+            }
+            ServerFrame::Bye { reason }.encode(&mut self.out);
+        }
+        self.begin_close(ctx);
+    }
+}
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        // A closing session takes no more deliveries (and reads no more).
+        if self.closing && matches!(msg, ToSession::Deliver(_) | ToSession::Backlog(_)) {
+            return;
+        }
+        match msg {
+            ToSession::Welcome {
+                id,
+                pending,
+                window,
+            } => self.welcomed(id, pending, window, ctx),
+            ToSession::Deliver(messages) => {
+                for m in &messages {
+                    self.queue_delivery(m.frame(), 1, m.seq());
+                }
+            }
+            ToSession::Backlog(b) => self.queue_delivery(b.frames(), b.len(), b.newest()),
+            ToSession::Sent(seqs) => {
+                for seq in seqs {
+                    self.fill(Owed::Send, ServerFrame::Sent { seq }, None);
+                }
+            }
+            ToSession::SendRefused(e) => self.fill(Owed::Send, ServerFrame::Err(e), None),
+            ToSession::LoginRefused(e, reason) => self.login_refused(e, reason, ctx),
+            ToSession::Ended(e, reason) => self.ended(Some(e), reason, ctx),
+            ToSession::Bye(reason) => self.ended(None, reason, ctx),
+        }
+        self.flush(ctx);
+        // An answer may have ended a pause.
+        self.start_read(ctx);
+    }
+}
