@@ -16,12 +16,13 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 mod inspect;
 mod limits;
+mod read;
 
 use super::{
     number_from, Appended, LimitPruned, Limits, Loss, MidPolicy, MidRecord, NewMessage, Recovered,
     Store, StoreError,
 };
-use crate::net::{Backlog, BacklogWriter, Message};
+use crate::net::{Backlog, Message};
 use crate::types::{ClientId, Seq};
 
 /// The schema this version writes and reads.
@@ -411,41 +412,7 @@ impl Store for SqliteStore {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, unix_ms, sender, text FROM messages WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
-        let mut out = Vec::with_capacity(max.min(4096));
-        // All frames of the chunk in as few allocations as possible.
-        let mut frames = bytes::BytesMut::with_capacity(max_bytes.min(256 * 1024));
-        let mut bytes = 0;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let unix_ms: i64 = row.get(1)?;
-            let sender = row.get_ref(2)?.as_str().map_err(|_| corrupt("sender"))?;
-            let from = match &self.last_sender {
-                Some(id) if id.as_str() == sender => id.clone(),
-                _ => {
-                    let id = ClientId::new(sender).map_err(|_| corrupt("sender"))?;
-                    self.last_sender = Some(id.clone());
-                    id
-                }
-            };
-            let text = row.get_ref(3)?.as_str().map_err(|_| corrupt("text"))?;
-            let m = Message::new_in(
-                &mut frames,
-                Seq(seq as u64),
-                unix_ms as u64,
-                from,
-                text.as_bytes(),
-            );
-            bytes += m.frame().len();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(m);
-        }
-        Ok(out)
+        self.read_messages(after, upto, max, max_bytes)
     }
 
     fn read_backlog(
@@ -456,56 +423,7 @@ impl Store for SqliteStore {
         max: usize,
         max_bytes: usize,
     ) -> Result<Backlog, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, unix_ms, sender, text FROM messages
-             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
-        let mut seen = 0;
-        // Rows are written straight into one buffer of frames: no message
-        // object, id or frame per row.
-        let buf = std::mem::take(&mut self.frames);
-        let mut out = BacklogWriter::reusing(buf, max_bytes.min(256 * 1024));
-        let (mut last, mut full) = (None, false);
-        while let Some(row) = rows.next()? {
-            let seq = Seq(row.get::<_, i64>(0)? as u64);
-            seen += 1;
-            let sender = row.get_ref(2)?.as_bytes().map_err(|_| corrupt("sender"))?;
-            if sender == reader.as_str().as_bytes() {
-                last = Some(seq);
-                continue;
-            }
-            // Only valid ids are stored; a sender is checked again when it
-            // differs from the row before's, which is once per run of rows.
-            let known = self.last_sender.as_ref().map(|id| id.as_str().as_bytes());
-            if known != Some(sender) {
-                let id = std::str::from_utf8(sender)
-                    .ok()
-                    .and_then(|s| ClientId::new(s).ok())
-                    .ok_or_else(|| corrupt("sender"))?;
-                self.last_sender = Some(id);
-            }
-            let sender = self.last_sender.as_ref().map_or("", |id| id.as_str());
-            let unix_ms = row.get::<_, i64>(1)? as u64;
-            let text = row.get_ref(3)?.as_bytes().map_err(|_| corrupt("text"))?;
-            if !text.is_ascii() && std::str::from_utf8(text).is_err() {
-                return Err(corrupt("text"));
-            }
-            if !out.push_within(seq, unix_ms, sender, text, max_bytes) {
-                // Over the byte bound: this row is read again next time.
-                full = true;
-                break;
-            }
-            last = Some(seq);
-        }
-        // Stopped by neither bound: everything up to `upto` was seen (the
-        // reader's own messages after `last` included).
-        if !full && seen < max {
-            last = Some(upto);
-        }
-        let (backlog, buf) = out.finish_into(last.unwrap_or(upto));
-        self.frames = buf;
-        Ok(backlog)
+        self.read_frames(after, upto, reader, max, max_bytes)
     }
 
     fn first_not_from(
@@ -514,19 +432,7 @@ impl Store for SqliteStore {
         upto: Seq,
         sender: &ClientId,
     ) -> Result<Option<Seq>, StoreError> {
-        // A range scan of the primary key that stops at the first hit; it
-        // reads only the rows of `sender` in between.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq FROM messages WHERE seq > ?1 AND seq <= ?2 AND sender != ?3
-             ORDER BY seq LIMIT 1",
-        )?;
-        let first: Option<i64> = stmt
-            .query_row(
-                params![after.0 as i64, upto.0 as i64, sender.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(first.map(|s| Seq(s.max(0) as u64)))
+        self.first_from_others(after, upto, sender)
     }
 
     fn count_from_others(
@@ -535,16 +441,8 @@ impl Store for SqliteStore {
         upto: Seq,
         reader: &ClientId,
     ) -> Result<u64, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT count(*) FROM messages WHERE seq > ?1 AND seq <= ?2 AND sender != ?3",
-        )?;
-        let n: i64 = stmt.query_row(
-            params![after.0 as i64, upto.0 as i64, reader.as_str()],
-            |r| r.get(0),
-        )?;
-        Ok(n.max(0) as u64)
+        self.count_others(after, upto, reader)
     }
-
     fn save_acks(&mut self, acks: &[(ClientId, Seq)]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
