@@ -46,8 +46,10 @@ pub enum ToSession {
     /// session's credit until it returns them with [`Credit`].
     Deliver(Vec<Message>),
     /// Backlog read back from the store, to write as it is; counts against
-    /// the credit like [`ToSession::Deliver`].
-    Backlog(Backlog),
+    /// the credit like [`ToSession::Deliver`]. Boxed: every message to a
+    /// session is as big as the biggest kind, and a broadcast queues one
+    /// per online session.
+    Backlog(Box<Backlog>),
     /// Each seq answers the session's oldest unanswered `SEND`, in order.
     Sent(Vec<Seq>),
     /// The oldest unanswered `SEND` was refused.

@@ -157,7 +157,7 @@ impl Handler<BacklogPiece> for Registry {
                 s.cursor = backlog.last();
                 note_replayed(s);
                 if !backlog.is_empty() {
-                    s.to.do_send(ToSession::Backlog(backlog));
+                    s.to.do_send(ToSession::Backlog(Box::new(backlog)));
                 }
                 if piece.done {
                     self.pump(sid, ctx);
