@@ -24,6 +24,8 @@ echo "== Chromium for tests/browser.rs (installed with apt-get when missing)"
 scripts/ensure-chromium.sh
 echo "== cargo test"
 cargo test --locked
+echo "== micro-benchmarks, each run once as a test (cargo test --benches)"
+cargo test --benches --locked
 echo "== try-cluster --check (the debug binaries cargo test just built)"
 HERALD_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" scripts/try-cluster.sh --check
 echo "== Debian package (built from the debug binaries cargo test just built; installed, tried as the unit would run it, purged)"
