@@ -719,3 +719,106 @@ async fn a_backlog_read_from_sqlite_comes_in_bounded_pieces_without_the_readers_
         "{pieces} pieces: the backlog was not read in pieces"
     );
 }
+
+/// Collects the pieces of one [`StreamBacklog`] for a test.
+struct Pieces(tokio::sync::mpsc::UnboundedSender<(Seq, usize, bool)>);
+
+impl Actor for Pieces {
+    type Context = Context<Self>;
+}
+
+impl Handler<herald::store::BacklogPiece> for Pieces {
+    type Result = ();
+    fn handle(&mut self, piece: herald::store::BacklogPiece, _: &mut Self::Context) {
+        let b = piece.backlog.expect("the memory store reads");
+        let _ = self.0.send((b.last(), b.len(), piece.done));
+    }
+}
+
+#[actix_rt::test]
+async fn one_backlog_read_goes_through_at_most_its_count_of_stored_messages_own_ones_included() {
+    use herald::store::{NewMessage, Store, StreamBacklog};
+    // 50 messages of the reader's own, then 2 of another id's: a read that
+    // skipped own messages without counting them would scan all 52 rows
+    // in one request, holding the store thread (and every commit behind
+    // it) for as long as the reader has sent.
+    let mut memory = MemoryStore::new();
+    let batch: Vec<NewMessage> = (0..52)
+        .map(|i| NewMessage {
+            from: id(if i < 50 { "r" } else { "a" }),
+            unix_ms: 1_000 + i,
+            text: Bytes::from(format!("m{i}")),
+            mid: None,
+        })
+        .collect();
+    memory.append(&batch).unwrap();
+    let slot = Mutex::new(Some(Box::new(memory) as Box<dyn Store>));
+    let store = SyncArbiter::start(1, move || StoreActor::new(slot.lock().unwrap().take()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let to = Pieces(tx).start().recipient();
+    store
+        .send(StreamBacklog {
+            key: 1,
+            after: Seq(0),
+            upto: Seq(52),
+            reader: id("r"),
+            max: 4,
+            max_bytes: 1 << 20,
+            piece_bytes: 1 << 20,
+            to,
+        })
+        .await
+        .unwrap();
+    let mut last = Seq(0);
+    for _ in 0..100 {
+        let (seq, frames, done) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a piece within 5 s")
+            .expect("the collector is alive");
+        assert_eq!(frames, 0, "the reader's own messages are never frames");
+        last = seq;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        last,
+        Seq(4),
+        "a read with a count bound of 4 ends after 4 stored messages"
+    );
+}
+
+#[actix_rt::test]
+async fn a_backlog_behind_many_of_the_readers_own_messages_comes_whole_in_bounded_reads() {
+    use herald::store::{NewMessage, Store};
+    // 30 own messages, one of another id's, 30 own again, one more: read
+    // four at a time through the default `read_backlog`.
+    let mut memory = MemoryStore::new();
+    let batch: Vec<NewMessage> = (0..62)
+        .map(|i| NewMessage {
+            from: id(if i == 30 || i == 61 { "a" } else { "r" }),
+            unix_ms: 1_000 + i,
+            text: Bytes::from(format!("m{i}")),
+            mid: None,
+        })
+        .collect();
+    memory.append(&batch).unwrap();
+    let recovered = memory.recover().unwrap();
+    let slot = Mutex::new(Some(Box::new(memory) as Box<dyn Store>));
+    let store = SyncArbiter::start(1, move || StoreActor::new(slot.lock().unwrap().take()));
+    let config = RegistryConfig {
+        tail_messages: 2,
+        read_chunk: 4,
+        ..RegistryConfig::default()
+    };
+    let r = Registry::new(config, vec![id("a"), id("r")], recovered, store).start();
+    let mut reader = Client::connect(&r, "r", true).await;
+    assert_eq!(reader.welcome().await, 2);
+    assert_eq!(
+        reader.delivered(2).await,
+        vec![
+            (31, "a".into(), "m30".into()),
+            (62, "a".into(), "m61".into())
+        ]
+    );
+}

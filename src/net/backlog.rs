@@ -19,6 +19,7 @@ use crate::types::{ClientId, Seq};
 pub struct Backlog {
     frames: Bytes,
     count: usize,
+    read: usize,
     newest: Seq,
     last: Seq,
 }
@@ -29,6 +30,7 @@ impl Backlog {
         Backlog {
             frames: Bytes::new(),
             count: 0,
+            read: 0,
             newest: Seq::ZERO,
             last,
         }
@@ -40,7 +42,11 @@ impl Backlog {
     pub fn of_messages(messages: &[Message], reader: &ClientId, upto: Seq) -> Backlog {
         let last = messages.last().map_or(upto, Message::seq);
         let mut w = BacklogWriter::with_capacity(messages.iter().map(|m| m.frame().len()).sum());
-        for m in messages.iter().filter(|m| m.from() != reader) {
+        for m in messages {
+            if m.from() == reader {
+                w.skip();
+                continue;
+            }
             w.buf.put_slice(m.frame());
             w.count += 1;
             w.newest = m.seq();
@@ -61,6 +67,13 @@ impl Backlog {
     /// Whether there are no frames.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// How many stored messages the read went through: those it holds and
+    /// the reader's own it left out. A read's count bound is on these, so
+    /// a reader's own messages cost the store's time like any others.
+    pub fn read(&self) -> usize {
+        self.read
     }
 
     /// The seq of the last message whose frame it holds (`Seq::ZERO` when
@@ -103,6 +116,7 @@ impl Backlog {
 pub struct BacklogWriter {
     buf: BytesMut,
     count: usize,
+    skipped: usize,
     newest: Seq,
     before: Seq,
 }
@@ -113,6 +127,7 @@ impl BacklogWriter {
         BacklogWriter {
             buf: BytesMut::with_capacity(bytes),
             count: 0,
+            skipped: 0,
             newest: Seq::ZERO,
             before: Seq::ZERO,
         }
@@ -127,6 +142,11 @@ impl BacklogWriter {
         self.count += 1;
         self.before = self.newest;
         self.newest = seq;
+    }
+
+    /// Notes a stored message of the reader's own: read, left out.
+    pub fn skip(&mut self) {
+        self.skipped += 1;
     }
 
     /// Like [`BacklogWriter::push`], unless that would take the frames over
@@ -161,6 +181,7 @@ impl BacklogWriter {
         BacklogWriter {
             buf,
             count: 0,
+            skipped: 0,
             newest: Seq::ZERO,
             before: Seq::ZERO,
         }
@@ -174,6 +195,7 @@ impl BacklogWriter {
         let backlog = Backlog {
             frames,
             count: self.count,
+            read: self.count + self.skipped,
             newest: self.newest,
             last,
         };
@@ -200,6 +222,7 @@ impl BacklogWriter {
         Backlog {
             frames: self.buf.freeze(),
             count: self.count,
+            read: self.count + self.skipped,
             newest: self.newest,
             last,
         }
@@ -240,6 +263,7 @@ mod tests {
         assert_eq!(b.messages().unwrap(), vec![ms[0].clone()]);
         assert_eq!(b.last(), Seq(6));
         assert_eq!(b.newest(), Seq(4));
+        assert_eq!(b.read(), 3);
         let none = Backlog::of_messages(&[], &ClientId::new("b").unwrap(), Seq(9));
         assert!(none.is_empty());
         assert_eq!(none.last(), Seq(9));

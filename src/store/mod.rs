@@ -205,8 +205,9 @@ pub trait Store: Send + 'static {
     /// `reader`'s backlog with `after < seq <= upto`: the frames of the
     /// messages others sent, in seq order, within the bounds of
     /// [`Store::read_after`]. Its `last` is how far the read got: `upto`
-    /// when it found nothing more, else the seq of the last message read.
-    /// The default reads messages and copies their frames; a store that can
+    /// when it found nothing more, else the seq of the last message read;
+    /// its `read` counts the messages it went through, the reader's own
+    /// included (the bound `max` is on those). The default reads messages and copies their frames; a store that can
     /// write frames straight from its rows does so.
     fn read_backlog(
         &mut self,
@@ -440,7 +441,8 @@ pub struct StreamBacklog {
     pub upto: Seq,
     /// Whose backlog: their own messages are left out.
     pub reader: ClientId,
-    /// At most this many messages in all…
+    /// At most this many stored messages read in all (the reader's own
+    /// included)…
     pub max: usize,
     /// …and this many frame bytes in all (but at least one message)…
     pub max_bytes: usize,
@@ -595,7 +597,11 @@ impl Handler<StreamBacklog> for StoreActor {
             let done = match &read {
                 Ok(b) => {
                     after = b.last();
-                    left = left.saturating_sub(b.len());
+                    // The reader's own messages count too: a read of
+                    // nothing but those must end like any other, or it
+                    // holds the store thread (and every commit) for as
+                    // long as the reader has sent.
+                    left = left.saturating_sub(b.read());
                     budget = budget.saturating_sub(b.frames().len());
                     after >= msg.upto || left == 0 || budget == 0
                 }

@@ -889,6 +889,10 @@ mod tests {
                 let b = s.read_backlog(cursor, Seq(64), &r, max, max_bytes).unwrap();
                 assert!(b.last() > cursor, "the cursor must move");
                 assert!(b.len() <= max);
+                // Every row read, own ones included, is counted (and
+                // bounded), the one refused at the byte bound is not.
+                assert_eq!(b.read() as u64, b.last().0 - cursor.0);
+                assert!(b.read() <= max);
                 assert!(b.len() <= 1 || b.frames().len() <= max_bytes);
                 let ms = b.messages().unwrap();
                 assert_eq!(ms.len(), b.len());
@@ -904,6 +908,7 @@ mod tests {
         let b = s.read_backlog(Seq(60), Seq(64), &r, 2, usize::MAX).unwrap();
         assert!(b.is_empty());
         assert_eq!(b.last(), Seq(62));
+        assert_eq!(b.read(), 2);
         let b = s
             .read_backlog(Seq(62), Seq(64), &r, 4096, usize::MAX)
             .unwrap();

@@ -80,6 +80,7 @@ impl SqliteStore {
             seen += 1;
             let sender = row.get_ref(2)?.as_bytes().map_err(|_| corrupt("sender"))?;
             if sender == reader.as_str().as_bytes() {
+                out.skip();
                 last = Some(seq);
                 continue;
             }
