@@ -207,8 +207,9 @@ pub trait Store: Send + 'static {
     /// [`Store::read_after`]. Its `last` is how far the read got: `upto`
     /// when it found nothing more, else the seq of the last message read;
     /// its `read` counts the messages it went through, the reader's own
-    /// included (the bound `max` is on those). The default reads messages and copies their frames; a store that can
-    /// write frames straight from its rows does so.
+    /// included (the bound `max` is on those). The default reads messages
+    /// and copies their frames; a store that can write frames straight
+    /// from its rows does so.
     fn read_backlog(
         &mut self,
         after: Seq,
