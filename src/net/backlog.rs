@@ -124,13 +124,7 @@ pub struct BacklogWriter {
 impl BacklogWriter {
     /// A writer whose first `bytes` of frames need no reallocation.
     pub fn with_capacity(bytes: usize) -> BacklogWriter {
-        BacklogWriter {
-            buf: BytesMut::with_capacity(bytes),
-            count: 0,
-            skipped: 0,
-            newest: Seq::ZERO,
-            before: Seq::ZERO,
-        }
+        BacklogWriter::reusing(BytesMut::new(), bytes)
     }
 
     /// Appends `MSG <seq> <unix_ms> <from> <text>\n`. `from` must be a valid
@@ -219,13 +213,7 @@ impl BacklogWriter {
 
     /// The backlog, the read having got up to `last`.
     pub fn finish(self, last: Seq) -> Backlog {
-        Backlog {
-            frames: self.buf.freeze(),
-            count: self.count,
-            read: self.count + self.skipped,
-            newest: self.newest,
-            last,
-        }
+        self.finish_into(last).0
     }
 }
 
