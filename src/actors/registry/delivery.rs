@@ -135,6 +135,24 @@ impl Registry {
             s.to.do_send(ToSession::Bye(ByeReason::Shutdown));
         }
     }
+
+    /// Sends an admitted session `WELCOME` with its backlog count and starts
+    /// pushing to it.
+    pub(super) fn welcome(&mut self, sid: SessionId, pending: u64, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.welcomed = true;
+        if s.cursor < self.head {
+            s.replay = Some((self.head, self.config.metrics.replaying()));
+        }
+        s.to.do_send(ToSession::Welcome {
+            id: s.id.clone(),
+            pending,
+            window: self.config.session_window_bytes,
+        });
+        self.pump(sid, ctx);
+    }
 }
 
 impl Handler<BacklogPiece> for Registry {
@@ -178,25 +196,5 @@ impl Handler<BacklogPiece> for Registry {
                 s.to.do_send(ToSession::Bye(ByeReason::Limit));
             }
         }
-    }
-}
-
-impl Registry {
-    /// Sends an admitted session `WELCOME` with its backlog count and starts
-    /// pushing to it.
-    pub(super) fn welcome(&mut self, sid: SessionId, pending: u64, ctx: &mut Context<Self>) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        s.welcomed = true;
-        if s.cursor < self.head {
-            s.replay = Some((self.head, self.config.metrics.replaying()));
-        }
-        s.to.do_send(ToSession::Welcome {
-            id: s.id.clone(),
-            pending,
-            window: self.config.session_window_bytes,
-        });
-        self.pump(sid, ctx);
     }
 }
