@@ -189,26 +189,16 @@ impl BacklogWriter {
         let backlog = Backlog {
             frames,
             count: self.count,
-            read: self.count + self.skipped,
+            read: self.read(),
             newest: self.newest,
             last,
         };
         (backlog, self.buf)
     }
 
-    /// Frame bytes written so far.
-    pub fn bytes(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Messages written so far.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Whether nothing was written yet.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
+    /// Stored messages gone through so far: written or skipped.
+    pub fn read(&self) -> usize {
+        self.count + self.skipped
     }
 
     /// The backlog, the read having got up to `last`.

@@ -69,7 +69,6 @@ impl SqliteStore {
              WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
         let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
-        let mut seen = 0;
         // Rows are written straight into one buffer of frames: no message
         // object, id or frame per row.
         let buf = std::mem::take(&mut self.frames);
@@ -77,7 +76,6 @@ impl SqliteStore {
         let (mut last, mut full) = (None, false);
         while let Some(row) = rows.next()? {
             let seq = Seq(row.get::<_, i64>(0)? as u64);
-            seen += 1;
             let sender = row.get_ref(2)?.as_bytes().map_err(|_| corrupt("sender"))?;
             if sender == reader.as_str().as_bytes() {
                 out.skip();
@@ -109,7 +107,7 @@ impl SqliteStore {
         }
         // Stopped by neither bound: everything up to `upto` was seen (the
         // reader's own messages after `last` included).
-        if !full && seen < max {
+        if !full && out.read() < max {
             last = Some(upto);
         }
         let (backlog, buf) = out.finish_into(last.unwrap_or(upto));
