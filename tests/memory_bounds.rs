@@ -184,3 +184,38 @@ async fn a_flood_behind_a_refused_login_keeps_memory_bounded() {
     c.send("LOGIN 1 right").await;
     assert_eq!(c.line().await, "WELCOME 1 0");
 }
+
+/// A session keeps its write buffer only while something waits to be
+/// written: 500 idle clients that each read three 16 KiB broadcasts leave
+/// the server's memory within 2 MiB of where it was (if every session kept
+/// the buffer of its last write, 500 of 16 KiB would be 8 MiB more).
+#[tokio::test]
+async fn idle_connections_keep_no_write_buffer_after_a_broadcast() {
+    const N: usize = 500;
+    const SIZE: usize = 16 * 1024;
+    let ids: Vec<String> = (0..N).map(|i| format!("i{i}")).collect();
+    let all = format!("w,{}", ids.join(","));
+    let s = Server::start(&["--memory", "--client-ids", &all]);
+    let pid = s.child.id();
+    let mut readers = Vec::with_capacity(N);
+    for id in &ids {
+        readers.push(s.login(id).await.0);
+    }
+    let (mut w, _) = s.login("w").await;
+    let before = rss_anon_kib(pid);
+    let text = "x".repeat(SIZE);
+    for seq in 1..=3 {
+        w.send(&format!("SEND {text}")).await;
+        assert_eq!(w.line().await, format!("SENT {seq}"));
+        for r in &mut readers {
+            let got = r.msgs(1).await;
+            assert_eq!((got[0].0, got[0].2.len()), (seq, SIZE));
+        }
+    }
+    let after = rss_anon_kib(pid);
+    eprintln!("RssAnon {before} KiB before three broadcasts, {after} KiB after them");
+    assert!(
+        after < before + (N * SIZE / 1024) as u64 / 4,
+        "{after} KiB after three broadcasts of {SIZE} B to {N} idle clients, {before} KiB before"
+    );
+}

@@ -128,15 +128,6 @@ impl Answers {
         true
     }
 
-    /// Lets go of the queues' memory when nothing is owed (a connection that
-    /// went quiet keeps no allocation).
-    pub(super) fn release_if_empty(&mut self) {
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-            self.send_sizes = VecDeque::new();
-        }
-    }
-
     /// Forgets everything queued behind the owed `LOGIN` (a refused login
     /// answers nothing after it).
     pub(super) fn drop_after_login(&mut self) {

@@ -25,10 +25,10 @@ impl ActorFuture<Session> for ReadInput {
 impl Session {
     pub(super) fn read_paused(&self) -> bool {
         !self.closing
-            && (self.answers.unanswered_sends() >= self.config.max_unanswered_sends
-                || self.answers.unanswered_send_bytes() >= self.config.max_unanswered_send_bytes
-                || self.out.len() - self.out_msg_bytes + self.answers.ready_bytes()
-                    > self.config.max_queued_reply_bytes)
+            && (self.owed().is_some_and(|a| {
+                a.unanswered_sends() >= self.config.max_unanswered_sends
+                    || a.unanswered_send_bytes() >= self.config.max_unanswered_send_bytes
+            }) || self.queued_reply_bytes() > self.config.max_queued_reply_bytes)
     }
 
     /// Counts a pause that began or ended in the paused sessions gauge.
@@ -219,7 +219,7 @@ impl Session {
                     );
                 }
                 self.login = LoginState::Pending(id.clone());
-                self.answers.owe_login();
+                self.outbox().answers.owe_login();
                 self.registry.do_send(Login {
                     session: self.id,
                     id,
@@ -232,7 +232,7 @@ impl Session {
                 if self.login == LoginState::None {
                     return self.refuse(ErrorCode::NotLoggedIn, "log in first");
                 }
-                self.answers.owe_send(text.len());
+                self.outbox().answers.owe_send(text.len());
                 sends.push(Publish {
                     session: self.id,
                     text,

@@ -41,6 +41,7 @@ use super::registry::Registry;
 use crate::net::transport::{Connection, Input, Reader, TransportKind, Writer, SMALL_READ};
 use crate::net::{ByeReason, ClientFrame, ErrorCode, FrameError, ServerCodec, ServerFrame};
 use crate::types::{ClientId, Seq};
+use output::Outbox;
 
 mod input;
 mod output;
@@ -166,25 +167,19 @@ pub struct Session {
     read_buf_grown: bool,
 
     writer: Option<Writer>,
-    /// Frames queued for the next write.
-    out: BytesMut,
-    /// Bytes of `out` that are delivered `MSG` frames (credit to return).
-    out_msg_bytes: usize,
-    /// `MSG` frames in `out` (counted as deliveries once written).
-    out_msgs: u64,
+    /// What is queued to write and the answers owed; only while there are
+    /// any (see [`Outbox`]).
+    outbox: Option<Box<Outbox>>,
     /// The registry's credit window for this session (from `WELCOME`).
     window: usize,
     /// Delivered bytes the registry has not had back as credit yet, and of
     /// those, the ones already written.
     unreturned: usize,
     written_unreturned: usize,
-    /// The buffer of the finished write, kept to be reused.
-    spare: BytesMut,
     writing: bool,
     /// The write half was shut down: nothing more goes out.
     write_closed: bool,
 
-    answers: Answers,
     /// Highest seq written to this connection (acks above it are refused).
     highest_delivered: Seq,
     /// Highest ack forwarded to the registry.
@@ -234,16 +229,12 @@ impl Session {
             eof: false,
             read_buf_grown: false,
             writer: Some(writer),
-            out: BytesMut::new(),
-            out_msg_bytes: 0,
-            out_msgs: 0,
+            outbox: None,
             window: 0,
             unreturned: 0,
             written_unreturned: 0,
-            spare: BytesMut::new(),
             writing: false,
             write_closed: false,
-            answers: Answers::default(),
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
             closing: false,
@@ -267,11 +258,11 @@ impl Session {
         }
         log::info!("{}: no LOGIN in time; closing", self.peer());
         ServerFrame::Err(FrameError::new(ErrorCode::Limit, "no LOGIN in time"))
-            .encode(&mut self.out);
+            .encode(&mut self.outbox().out);
         ServerFrame::Bye {
             reason: ByeReason::Limit,
         }
-        .encode(&mut self.out);
+        .encode(&mut self.outbox().out);
         self.drop_owed_answers();
         self.begin_close(ctx);
     }
@@ -294,7 +285,7 @@ impl Session {
             ServerFrame::Bye {
                 reason: ByeReason::Idle,
             }
-            .encode(&mut self.out);
+            .encode(&mut self.outbox().out);
             self.drop_owed_answers();
             self.begin_close(ctx);
         } else {

@@ -3,7 +3,56 @@
 
 use super::*;
 
+/// What a session holds only while it has bytes to write or answers owed:
+/// boxed, and let go once everything is written and answered, so an idle
+/// connection pays one pointer for it instead of about 160 bytes (which
+/// keeps the session's task in a smaller allocation; docs/benchmarks.md).
+#[derive(Default)]
+pub(super) struct Outbox {
+    /// Frames queued for the next write.
+    pub(super) out: BytesMut,
+    /// Bytes of `out` that are delivered `MSG` frames (credit to return).
+    out_msg_bytes: usize,
+    /// `MSG` frames in `out` (counted as deliveries once written).
+    out_msgs: u64,
+    /// The buffer of the write under way, kept to be reused while more
+    /// waits.
+    spare: BytesMut,
+    /// The answers owed, in the order of the frames they answer.
+    pub(super) answers: Answers,
+}
+
 impl Session {
+    /// The outbox, made when the first byte or owed answer needs one.
+    pub(super) fn outbox(&mut self) -> &mut Outbox {
+        self.outbox.get_or_insert_with(Box::default)
+    }
+
+    /// Queued bytes that are not delivered `MSG` frames (answers, errors),
+    /// plus the answers ready behind an owed one; reading pauses on them.
+    pub(super) fn queued_reply_bytes(&self) -> usize {
+        self.outbox.as_deref().map_or(0, |o| {
+            o.out.len() - o.out_msg_bytes + o.answers.ready_bytes()
+        })
+    }
+
+    /// The answers owed, if any are.
+    pub(super) fn owed(&self) -> Option<&Answers> {
+        self.outbox.as_deref().map(|o| &o.answers)
+    }
+
+    /// Lets the outbox go once nothing waits to be written or answered and
+    /// no write is under way.
+    fn release_outbox(&mut self) {
+        let idle = self
+            .outbox
+            .as_deref()
+            .is_some_and(|o| o.out.is_empty() && o.answers.is_empty());
+        if idle && !self.writing {
+            self.outbox = None;
+        }
+    }
+
     /// Answers the frame being handled with `ERR code reason`.
     pub(super) fn refuse(&mut self, code: ErrorCode, reason: impl Into<String>) {
         self.answer(ServerFrame::Err(FrameError::new(code, reason)));
@@ -11,13 +60,15 @@ impl Session {
 
     /// Queues an answer behind every earlier one.
     pub(super) fn answer(&mut self, frame: ServerFrame) {
-        self.answers.answer(frame, &mut self.out);
+        let o = self.outbox();
+        o.answers.answer(frame, &mut o.out);
     }
 
     /// The registry answered the oldest frame of kind `owed` still waiting;
     /// `extra` follows the answer.
     fn fill(&mut self, owed: Owed, frame: ServerFrame, extra: Option<ServerFrame>) {
-        if !self.answers.fill(owed, frame, extra, &mut self.out) {
+        let o = self.outbox();
+        if !o.answers.fill(owed, frame, extra, &mut o.out) {
             log::debug!("{}: an answer came for no {owed:?}", self.peer());
         }
     }
@@ -27,18 +78,18 @@ impl Session {
         if self.writing || self.write_closed {
             return;
         }
-        if self.out.is_empty() {
-            if self.closing && self.answers.is_empty() {
+        let Some(o) = self.outbox.as_deref_mut().filter(|o| !o.out.is_empty()) else {
+            if self.closing && self.owed().is_none_or(Answers::is_empty) {
                 self.close_write(ctx);
             }
             return;
-        }
+        };
         let Some(mut writer) = self.writer.take() else {
             return;
         };
-        let mut buf = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare));
-        let credit = std::mem::take(&mut self.out_msg_bytes);
-        let (len, msgs) = (buf.len() as u64, std::mem::take(&mut self.out_msgs));
+        let mut buf = std::mem::replace(&mut o.out, std::mem::take(&mut o.spare));
+        let credit = std::mem::take(&mut o.out_msg_bytes);
+        let (len, msgs) = (buf.len() as u64, std::mem::take(&mut o.out_msgs));
         self.writing = true;
         async move {
             let res = writer.write_all(&buf).await;
@@ -49,13 +100,14 @@ impl Session {
         .map(move |(writer, buf, res), act, ctx| {
             act.writing = false;
             act.writer = Some(writer);
-            // Keep the buffer of a busy connection for the next time; let a
-            // big one go, and a tiny one (a quiet connection keeps nothing).
-            act.spare = if buf.capacity() > 64 * 1024 || buf.capacity() < 1024 {
-                BytesMut::new()
-            } else {
-                buf
-            };
+            // Keep the buffer for the next write while more waits; let a
+            // big one go, and a tiny one. A connection that has written
+            // everything keeps nothing (release_outbox below).
+            if let Some(o) = act.outbox.as_deref_mut().filter(|o| !o.out.is_empty()) {
+                if (1024..=64 * 1024).contains(&buf.capacity()) {
+                    o.spare = buf;
+                }
+            }
             if let Err(e) = res {
                 log::debug!("write to {} failed: {e}", act.peer());
                 ctx.stop();
@@ -76,6 +128,7 @@ impl Session {
                 act.written_unreturned = 0;
             }
             act.flush(ctx);
+            act.release_outbox();
             act.start_read(ctx);
         })
         .spawn(ctx);
@@ -119,7 +172,9 @@ impl Session {
 
     /// The registry ends the connection: answers it still owed will not come.
     pub(super) fn drop_owed_answers(&mut self) {
-        self.answers.clear();
+        if let Some(o) = self.outbox.as_deref_mut() {
+            o.answers.clear();
+        }
     }
 }
 
@@ -133,15 +188,15 @@ impl Session {
             self.arm_deadline(self.last_input + idle, ctx);
         }
         self.fill(Owed::Login, ServerFrame::Welcome { id, pending }, None);
-        self.answers.release_if_empty();
     }
 
     /// Queues delivered frames (`count` messages, the highest `newest`):
     /// their bytes count against the credit until written and handed back.
     fn queue_delivery(&mut self, frames: &[u8], count: usize, newest: Seq) {
-        self.out.extend_from_slice(frames);
-        self.out_msg_bytes += frames.len();
-        self.out_msgs += count as u64;
+        let o = self.outbox();
+        o.out.extend_from_slice(frames);
+        o.out_msg_bytes += frames.len();
+        o.out_msgs += count as u64;
         self.unreturned += frames.len();
         self.highest_delivered = self.highest_delivered.max(newest);
     }
@@ -151,7 +206,7 @@ impl Session {
         log::info!("{}: login refused: {e}", self.peer());
         self.config.metrics.login_refused(reason);
         // Nothing after the refused login will be answered.
-        self.answers.drop_after_login();
+        self.outbox().answers.drop_after_login();
         self.fill(
             Owed::Login,
             ServerFrame::Err(e),
@@ -170,9 +225,9 @@ impl Session {
         self.drop_owed_answers();
         if !self.write_closed {
             if let Some(e) = e {
-                ServerFrame::Err(e).encode(&mut self.out);
+                ServerFrame::Err(e).encode(&mut self.outbox().out);
             }
-            ServerFrame::Bye { reason }.encode(&mut self.out);
+            ServerFrame::Bye { reason }.encode(&mut self.outbox().out);
         }
         self.begin_close(ctx);
     }
@@ -209,6 +264,7 @@ impl Handler<ToSession> for Session {
             ToSession::Bye(reason) => self.ended(None, reason, ctx),
         }
         self.flush(ctx);
+        self.release_outbox();
         // An answer may have ended a pause.
         self.start_read(ctx);
     }
