@@ -22,10 +22,41 @@ pub(super) struct Outbox {
     pub(super) answers: Answers,
 }
 
+/// Outboxes let go by a thread's sessions, kept for the next session there
+/// that needs one, so a busy connection does not grow a new write buffer
+/// at every burst: at most [`POOLED`] per thread, each keeping one buffer
+/// of at most 64 KiB.
+const POOLED: usize = 8;
+
+thread_local! {
+    // Boxed: an outbox moves between a session and the pool as one box.
+    #[allow(clippy::vec_box)]
+    static POOL: std::cell::RefCell<Vec<Box<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Outbox {
+    /// Empties a let-go outbox for the pool; false if it is not worth
+    /// keeping (its buffer is outside the sizes kept for reuse).
+    fn recycle(&mut self) -> bool {
+        let mut buf = std::mem::take(&mut self.out);
+        if buf.capacity() < 1024 {
+            buf = std::mem::take(&mut self.spare);
+        }
+        self.spare = BytesMut::new();
+        self.answers.clear();
+        (self.out_msg_bytes, self.out_msgs) = (0, 0);
+        buf.clear();
+        self.out = buf;
+        (1024..=64 * 1024).contains(&self.out.capacity())
+    }
+}
+
 impl Session {
-    /// The outbox, made when the first byte or owed answer needs one.
+    /// The outbox, made (or taken from this thread's pool) when the first
+    /// byte or owed answer needs one.
     pub(super) fn outbox(&mut self) -> &mut Outbox {
-        self.outbox.get_or_insert_with(Box::default)
+        self.outbox
+            .get_or_insert_with(|| POOL.with_borrow_mut(|pool| pool.pop()).unwrap_or_default())
     }
 
     /// Queued bytes that are not delivered `MSG` frames (answers, errors),
@@ -48,8 +79,17 @@ impl Session {
             .outbox
             .as_deref()
             .is_some_and(|o| o.out.is_empty() && o.answers.is_empty());
-        if idle && !self.writing {
-            self.outbox = None;
+        if !idle || self.writing {
+            return;
+        }
+        if let Some(mut o) = self.outbox.take() {
+            if o.recycle() {
+                POOL.with_borrow_mut(|pool| {
+                    if pool.len() < POOLED {
+                        pool.push(o);
+                    }
+                });
+            }
         }
     }
 
@@ -100,11 +140,12 @@ impl Session {
         .map(move |(writer, buf, res), act, ctx| {
             act.writing = false;
             act.writer = Some(writer);
-            // Keep the buffer for the next write while more waits; let a
-            // big one go, and a tiny one. A connection that has written
-            // everything keeps nothing (release_outbox below).
-            if let Some(o) = act.outbox.as_deref_mut().filter(|o| !o.out.is_empty()) {
-                if (1024..=64 * 1024).contains(&buf.capacity()) {
+            // Keep the buffer for the next write; let a big one go, and a
+            // tiny one. A connection that has written everything keeps
+            // nothing: its outbox goes to the thread's pool
+            // (release_outbox below).
+            if (1024..=64 * 1024).contains(&buf.capacity()) {
+                if let Some(o) = act.outbox.as_deref_mut() {
                     o.spare = buf;
                 }
             }
