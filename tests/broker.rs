@@ -264,6 +264,26 @@ async fn quit_answers_after_pending_sends_and_closes() {
 }
 
 #[tokio::test]
+async fn frames_after_quit_are_not_handled() {
+    let s = memory_server("1,2");
+    let mut c = s.connect().await;
+    // QUIT's answer is BYE quit and nothing else: the PING and SEND behind
+    // it in the same read get no answer, and the SEND is not stored.
+    c.send_raw(b"LOGIN 1\nSEND a\nQUIT\nPING late\nSEND b\n")
+        .await;
+    assert_eq!(c.line().await, "WELCOME 1 0");
+    assert_eq!(c.line().await, "SENT 1");
+    assert_eq!(c.line().await, "BYE quit");
+    c.expect_eof().await;
+    let (mut r, pending) = s.login("2").await;
+    assert_eq!(pending, 1);
+    let got = r.msgs(1).await;
+    assert_eq!((got[0].0, got[0].2.as_str()), (1, "a"));
+    r.send("PING end").await;
+    assert_eq!(r.line().await, "PONG end");
+}
+
+#[tokio::test]
 async fn half_closed_and_reset_connections_are_cleaned_up() {
     let s = memory_server("1,2");
     // Half-close: the server answers what it owes, then closes.

@@ -198,8 +198,9 @@ impl Session {
         sends: &mut Vec<Publish>,
         ctx: &mut Context<Self>,
     ) {
-        if self.closing {
-            // Closing: whatever else arrives is read and dropped.
+        if self.closing || self.quitting {
+            // Closing, or after QUIT: whatever else arrives is read and
+            // dropped.
             return;
         }
         let frame = match item {
@@ -264,6 +265,7 @@ impl Session {
     /// client's acknowledgements (waiting at most [`SAVE_ACK_WAIT`]; frames
     /// after `QUIT` are not read meanwhile).
     fn quit(&mut self, ctx: &mut Context<Self>) {
+        self.quitting = true;
         self.forward_read(Vec::new());
         let bye = |act: &mut Session, ctx: &mut Context<Session>| {
             act.answer(ServerFrame::Bye {

@@ -195,6 +195,9 @@ pub struct Session {
     /// Closing: no new frames are handled; once every owed answer is
     /// written the write side is shut down.
     closing: bool,
+    /// `QUIT` was read: the frames after it are not handled (its answer,
+    /// `BYE quit`, is the last frame).
+    quitting: bool,
 }
 
 impl Session {
@@ -238,6 +241,7 @@ impl Session {
             highest_delivered: Seq::ZERO,
             acked: Seq::ZERO,
             closing: false,
+            quitting: false,
             last_input: Instant::now(),
             due: None,
             paused: false,
