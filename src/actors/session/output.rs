@@ -38,8 +38,9 @@ impl Outbox {
     /// Empties a let-go outbox for the pool; false if it is not worth
     /// keeping (its buffer is outside the sizes kept for reuse).
     fn recycle(&mut self) -> bool {
+        let kept = |b: &BytesMut| (1024..=64 * 1024).contains(&b.capacity());
         let mut buf = std::mem::take(&mut self.out);
-        if buf.capacity() < 1024 {
+        if !kept(&buf) {
             buf = std::mem::take(&mut self.spare);
         }
         self.spare = BytesMut::new();
@@ -47,7 +48,7 @@ impl Outbox {
         (self.out_msg_bytes, self.out_msgs) = (0, 0);
         buf.clear();
         self.out = buf;
-        (1024..=64 * 1024).contains(&self.out.capacity())
+        kept(&self.out)
     }
 }
 
