@@ -28,6 +28,10 @@ pub(super) struct Outbox {
 /// of at most 64 KiB.
 const POOLED: usize = 8;
 
+/// Capacities of a write buffer worth keeping for the next write: a tiny
+/// one costs nothing to make again, a big one is not held on to.
+const KEPT_CAPACITY: std::ops::RangeInclusive<usize> = 1024..=64 * 1024;
+
 thread_local! {
     // Boxed: an outbox moves between a session and the pool as one box.
     #[allow(clippy::vec_box)]
@@ -38,7 +42,7 @@ impl Outbox {
     /// Empties a let-go outbox for the pool; false if it is not worth
     /// keeping (its buffer is outside the sizes kept for reuse).
     fn recycle(&mut self) -> bool {
-        let kept = |b: &BytesMut| (1024..=64 * 1024).contains(&b.capacity());
+        let kept = |b: &BytesMut| KEPT_CAPACITY.contains(&b.capacity());
         let mut buf = std::mem::take(&mut self.out);
         if !kept(&buf) {
             buf = std::mem::take(&mut self.spare);
@@ -145,7 +149,7 @@ impl Session {
             // tiny one. A connection that has written everything keeps
             // nothing: its outbox goes to the thread's pool
             // (release_outbox below).
-            if (1024..=64 * 1024).contains(&buf.capacity()) {
+            if KEPT_CAPACITY.contains(&buf.capacity()) {
                 if let Some(o) = act.outbox.as_deref_mut() {
                     o.spare = buf;
                 }
