@@ -9,6 +9,27 @@ use crate::net::{Backlog, BacklogWriter, Message};
 use crate::store::StoreError;
 use crate::types::{ClientId, Seq};
 
+/// The stored messages with `?1 < seq <= ?2`, at most `?3`, in seq order.
+const SELECT_RANGE: &str = "SELECT seq, unix_ms, sender, text FROM messages
+     WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
+
+/// The id of a row's `sender`: `last` when it is the same as the row
+/// before's, else checked once and kept in `last` (runs of rows from one
+/// sender neither check nor allocate an id per row).
+fn known_sender<'a>(
+    last: &'a mut Option<ClientId>,
+    sender: &[u8],
+) -> Result<&'a ClientId, StoreError> {
+    if last.as_ref().map(|id| id.as_str().as_bytes()) != Some(sender) {
+        let id = std::str::from_utf8(sender)
+            .ok()
+            .and_then(|s| ClientId::new(s).ok())
+            .ok_or_else(|| corrupt("sender"))?;
+        *last = Some(id);
+    }
+    last.as_ref().ok_or_else(|| corrupt("sender"))
+}
+
 impl SqliteStore {
     /// See [`Store::read_after`]: one row and one frame per message.
     pub(super) fn read_messages(
@@ -18,9 +39,7 @@ impl SqliteStore {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, unix_ms, sender, text FROM messages WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-        )?;
+        let mut stmt = self.conn.prepare_cached(SELECT_RANGE)?;
         let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
         let mut out = Vec::with_capacity(max.min(4096));
         // All frames of the chunk in as few allocations as possible.
@@ -29,15 +48,8 @@ impl SqliteStore {
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
             let unix_ms: i64 = row.get(1)?;
-            let sender = row.get_ref(2)?.as_str().map_err(|_| corrupt("sender"))?;
-            let from = match &self.last_sender {
-                Some(id) if id.as_str() == sender => id.clone(),
-                _ => {
-                    let id = ClientId::new(sender).map_err(|_| corrupt("sender"))?;
-                    self.last_sender = Some(id.clone());
-                    id
-                }
-            };
+            let sender = row.get_ref(2)?.as_bytes().map_err(|_| corrupt("sender"))?;
+            let from = known_sender(&mut self.last_sender, sender)?.clone();
             let text = row.get_ref(3)?.as_str().map_err(|_| corrupt("text"))?;
             let m = Message::new_in(
                 &mut frames,
@@ -64,10 +76,7 @@ impl SqliteStore {
         max: usize,
         max_bytes: usize,
     ) -> Result<Backlog, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, unix_ms, sender, text FROM messages
-             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-        )?;
+        let mut stmt = self.conn.prepare_cached(SELECT_RANGE)?;
         let mut rows = stmt.query(params![after.0 as i64, upto.0 as i64, max as i64])?;
         // Rows are written straight into one buffer of frames: no message
         // object, id or frame per row.
@@ -82,17 +91,7 @@ impl SqliteStore {
                 last = Some(seq);
                 continue;
             }
-            // Only valid ids are stored; a sender is checked again when it
-            // differs from the row before's, which is once per run of rows.
-            let known = self.last_sender.as_ref().map(|id| id.as_str().as_bytes());
-            if known != Some(sender) {
-                let id = std::str::from_utf8(sender)
-                    .ok()
-                    .and_then(|s| ClientId::new(s).ok())
-                    .ok_or_else(|| corrupt("sender"))?;
-                self.last_sender = Some(id);
-            }
-            let sender = self.last_sender.as_ref().map_or("", |id| id.as_str());
+            let sender = known_sender(&mut self.last_sender, sender)?.as_str();
             let unix_ms = row.get::<_, i64>(1)? as u64;
             let text = row.get_ref(3)?.as_bytes().map_err(|_| corrupt("text"))?;
             if !text.is_ascii() && std::str::from_utf8(text).is_err() {
